@@ -1,0 +1,73 @@
+"""Registry access: versions by alias, the metrics behind a version, verdict tags, alias moves."""
+
+from __future__ import annotations
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pathlib import Path
+
+from protocol.tracking.runs import REGISTERED_MODEL, resolve_input
+
+# Which stage makes each alias, for the error a user sees when one is missing.
+ALIAS_MADE_BY = {"baseline": "baseline", "candidate": "train", "champion": "scoreboard (a passing candidate)"}
+EVALUATION_RUN_TAG = "evaluation.run_id"
+
+
+def version_by_alias(alias: str, model: str = REGISTERED_MODEL):
+    try:
+        return MlflowClient().get_model_version_by_alias(model, alias)
+    except MlflowException as e:
+        stage = ALIAS_MADE_BY.get(alias, "the stage that registers it")
+        raise LookupError(
+            f"registered model {model!r} has no alias @{alias}: run the {stage} stage first "
+            f"(mlflow run . -e {stage.split()[0]})"
+        ) from e
+
+
+def version_by_number(version: str | int, model: str = REGISTERED_MODEL):
+    try:
+        return MlflowClient().get_model_version(model, str(version))
+    except MlflowException as e:
+        raise LookupError(f"registered model {model!r} has no version {version}") from e
+
+
+def version_for_run(run_id: str, model: str = REGISTERED_MODEL):
+    versions = MlflowClient().search_model_versions(f"name='{model}' and run_id='{run_id}'")
+    if not versions:
+        raise LookupError(f"run {run_id} registered no version of {model!r}")
+    return max(versions, key=lambda v: int(v.version))
+
+
+def evaluation_run_id(version) -> str:
+    """The run holding the full evaluation of a version (tagged by baseline/evaluate)."""
+    run_id = version.tags.get(EVALUATION_RUN_TAG)
+    if not run_id:
+        raise LookupError(
+            f"version {version.version} of {version.name!r} has no full evaluation yet "
+            f"(tag {EVALUATION_RUN_TAG} is missing): run `mlflow run . -e evaluate` for it"
+        )
+    return run_id
+
+
+def version_eval_dir(version) -> Path:
+    """The eval/*.json files (metrics with query counts) of a version's evaluation run, downloaded."""
+    run_id = evaluation_run_id(version)
+    return resolve_input(f"runs:/{run_id}/eval", f"eval of version {version.version}")
+
+
+def tag_version(version, tags: dict[str, str]) -> None:
+    client = MlflowClient()
+    for k, v in tags.items():
+        client.set_model_version_tag(version.name, version.version, k, str(v))
+
+
+def set_alias(alias: str, version, model: str = REGISTERED_MODEL) -> None:
+    MlflowClient().set_registered_model_alias(model, alias, str(version.version))
+
+
+def aliases(model: str = REGISTERED_MODEL) -> dict[str, str]:
+    try:
+        return dict(MlflowClient().get_registered_model(model).aliases)
+    except MlflowException:
+        return {}

@@ -1,0 +1,173 @@
+"""Where runs go and how a stage opens one: the only place that decides tracking URIs.
+
+A stage body runs inside `stage_run(...)`, which
+- resumes the run that `mlflow run` created (MLFLOW_RUN_ID is set),
+- or opens a nested child under an active parent (the pipeline),
+- or starts a fresh run in the `fashion-retrieval` experiment (plain Python use),
+and yields an `MlflowLogger` bound to that run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT_NAME = "fashion-retrieval"
+REGISTERED_MODEL = "fashion-retrieval-protocol"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` if set, else `sqlite:///<project root>/mlflow.db`; always absolute."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    scheme = urlparse(uri).scheme
+    if scheme in ("", "file"):
+        raise ValueError(
+            f"MLFLOW_TRACKING_URI={uri!r} points at the file store, which MLflow 3 has deprecated; "
+            "use a sqlite URI (sqlite:////abs/path/mlflow.db) or a tracking server (http://...)"
+        )
+    return uri
+
+
+def default_artifact_location(experiment_name: str) -> str | None:
+    """Artifacts live beside a sqlite database, as an absolute file URI."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None  # a tracking server decides
+    db_dir = Path(uri[len("sqlite:///"):]).parent
+    return (db_dir / "mlruns" / experiment_name).as_uri()
+
+
+def configure() -> str:
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str = EXPERIMENT_NAME) -> str:
+    """Id of experiment `name`, created with an absolute artifact location when missing."""
+    configure()
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=default_artifact_location(name))
+
+
+def config_params(cfg: Any) -> dict[str, str]:
+    """A config dataclass as MLflow parameters (strings; None as empty)."""
+    items = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    return {k: "" if v is None else str(v) for k, v in items.items()}
+
+
+class MlflowLogger:
+    """`protocol.events.RunLogger` that writes to one MLflow run."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.client = MlflowClient()
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        for i in range(0, len(batch), 1000):  # MLflow caps a batch at 1000 metrics
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Logs parameters not yet on the run; `mlflow run` already logged its raw values."""
+        existing = self.client.get_run(self.run_id).data.params
+        new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+        for i in range(0, len(new), 100):
+            self.client.log_batch(self.run_id, params=new[i : i + 100])
+
+    def log_table(self, df: pd.DataFrame, artifact_file: str) -> None:
+        self.client.log_table(self.run_id, data=df, artifact_file=artifact_file)
+
+    def log_figure(self, fig: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, fig, artifact_file)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, obj, artifact_file)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+
+@contextmanager
+def stage_run(stage: str, cfg: Any = None, *, run_name: str | None = None) -> Iterator[MlflowLogger]:
+    """Open (or resume) the run of one stage; tags `stage`, logs the config as parameters."""
+    configure()
+    if mlflow.active_run() is not None:
+        ctx = mlflow.start_run(run_name=run_name or stage, nested=True)
+    elif os.environ.get("MLFLOW_RUN_ID"):
+        ctx = mlflow.start_run()  # the run `mlflow run` created for this entry point
+    else:
+        ctx = mlflow.start_run(experiment_id=_experiment_for_new_run(), run_name=run_name or stage)
+    with ctx as run:
+        logger = MlflowLogger(run.info.run_id)
+        logger.set_tags({"stage": stage})
+        if cfg is not None:
+            logger.log_params(config_params(cfg))
+        log.info("stage %s: run %s", stage, run.info.run_id)
+        yield logger
+
+
+def _experiment_for_new_run() -> str:
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    return ensure_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME))
+
+
+def resolve_input(path_or_uri: str | Path, what: str) -> Path:
+    """A local path for a stage input given as a path or an MLflow URI (runs:/, models:/, ...)."""
+    s = str(path_or_uri)
+    if not s:
+        raise ValueError(f"parameter {what!r} is empty: pass a local path or a runs:/<run_id>/<path> URI")
+    scheme = urlparse(s).scheme
+    if scheme in ("runs", "models", "mlflow-artifacts", "dbfs", "s3", "gs", "http", "https"):
+        configure()
+        try:
+            return Path(mlflow.artifacts.download_artifacts(s, dst_path=tempfile.mkdtemp(prefix="protocol-in-")))
+        except Exception as e:  # noqa: BLE001 - rewrap with the parameter name
+            raise ValueError(f"parameter {what!r}: cannot fetch {s} ({e})") from e
+    path = Path(s[len("file://"):] if scheme == "file" else s)
+    if not path.exists():
+        raise FileNotFoundError(f"parameter {what!r}: {path} does not exist (run the stage that makes it first)")
+    return path
+
+
+def run_artifact_uri(run_id: str, artifact_path: str) -> str:
+    return f"runs:/{run_id}/{artifact_path}"
+
+
+def ui_links(run_id: str) -> dict[str, str]:
+    """Links into the MLflow UI (it opens on its GenAI view; runs live under #/experiments/<id>/runs)."""
+    run = MlflowClient().get_run(run_id)
+    exp = run.info.experiment_id
+    base = "http://127.0.0.1:5000/#/experiments/" + exp
+    return {"runs": f"{base}/runs", "run": f"{base}/runs/{run_id}", "artifacts": f"{base}/runs/{run_id}/artifacts"}

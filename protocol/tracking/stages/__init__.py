@@ -1,0 +1,1 @@
+"""One module per MLproject entry point: `<Stage>Config` (defaults live there) and `run_<stage>(cfg)`."""

@@ -1,0 +1,40 @@
+"""Shared fixtures: a real sqlite tracking store per test (migrated once per session, then copied)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory) -> Path:
+    """One sqlite store with MLflow's migrations applied; migrating per test is slow."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    d = tmp_path_factory.mktemp("mlflow-template")
+    store = SqlAlchemyStore(f"sqlite:///{d / 'mlflow.db'}", (d / "mlruns").as_uri())
+    store.engine.dispose()
+    return d / "mlflow.db"
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, monkeypatch, migrated_store) -> str:
+    """A fresh tracking store in tmp_path, set as MLFLOW_TRACKING_URI for this test and its subprocesses."""
+    import mlflow
+
+    db = tmp_path / "mlflow.db"
+    shutil.copy(migrated_store, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run() is not None:
+        mlflow.end_run("FAILED")
