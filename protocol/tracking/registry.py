@@ -10,7 +10,7 @@ from pathlib import Path
 from protocol.tracking.runs import REGISTERED_MODEL, resolve_input
 
 # Which stage makes each alias, for the error a user sees when one is missing.
-ALIAS_MADE_BY = {"baseline": "baseline", "candidate": "train", "champion": "scoreboard (a passing candidate)"}
+ALIAS_MADE_BY = {"baseline": "baseline", "candidate": "train", "champion": "scoreboard"}
 EVALUATION_RUN_TAG = "evaluation.run_id"
 
 
@@ -18,11 +18,11 @@ def version_by_alias(alias: str, model: str = REGISTERED_MODEL):
     try:
         return MlflowClient().get_model_version_by_alias(model, alias)
     except MlflowException as e:
-        stage = ALIAS_MADE_BY.get(alias, "the stage that registers it")
-        raise LookupError(
-            f"registered model {model!r} has no alias @{alias}: run the {stage} stage first "
-            f"(mlflow run . -e {stage.split()[0]})"
-        ) from e
+        stage = ALIAS_MADE_BY.get(alias)
+        how = f"run the {stage} stage first (mlflow run . -e {stage})" if stage else "set it on a version first"
+        if alias == "champion":
+            how += "; only a candidate that passes the scoreboard becomes champion"
+        raise LookupError(f"registered model {model!r} has no alias @{alias}: {how}") from e
 
 
 def version_by_number(version: str | int, model: str = REGISTERED_MODEL):

@@ -122,8 +122,9 @@ class MlflowLogger:
 def stage_run(stage: str, cfg: Any = None, *, run_name: str | None = None) -> Iterator[MlflowLogger]:
     """Open (or resume) the run of one stage; tags `stage`, logs the config as parameters."""
     configure()
-    if mlflow.active_run() is not None:
-        ctx = mlflow.start_run(run_name=run_name or stage, nested=True)
+    parent = mlflow.active_run()
+    if parent is not None:  # children live in their parent's experiment, not in Default
+        ctx = mlflow.start_run(run_name=run_name or stage, nested=True, experiment_id=parent.info.experiment_id)
     elif os.environ.get("MLFLOW_RUN_ID"):
         ctx = mlflow.start_run()  # the run `mlflow run` created for this entry point
     else:

@@ -1,0 +1,241 @@
+"""Training supervision stages: `audit`, `analyze_audit`, `groups`, `mine`, `pairs`.
+
+Each reads the processed dataset (and, for mining, the baseline catalog), writes the
+files DESIGN names, and logs parameters, summaries and those files to its run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocol.tracking.runs import resolve_input, stage_run
+
+log = logging.getLogger(__name__)
+
+PREPARED_HELP = {"help": "processed dataset dir or runs:/ URI"}
+
+
+def _load_meta(prepared: str):
+    from protocol.data.processed import load_processed
+
+    return load_processed(resolve_input(prepared, "prepared"))
+
+
+def _check_positive(cfg, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"parameter {name!r} must be >= 1, got {getattr(cfg, name)}")
+
+
+def _check_fraction(cfg, *names: str) -> None:
+    for name in names:
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"parameter {name!r} must be in [0, 1], got {getattr(cfg, name)}")
+
+
+@dataclass
+class AuditConfig:
+    """Grounding audit: a stratified QA sample for a reviewer, plus coverage per category."""
+
+    prepared: str = field(default="outputs/prepared", metadata=PREPARED_HELP)
+    n_items: int = field(default=200, metadata={"help": "items in the QA sample (stratified by category2)"})
+    seed: int = 0
+    simulate_review: bool = field(default=False, metadata={"help": "fill verdicts from gt_* (synthetic data)"})
+    output_dir: str = "outputs/audit"
+
+    def __post_init__(self):
+        _check_positive(self, "n_items")
+
+
+def run_audit(cfg: AuditConfig) -> dict:
+    from protocol.data.audit import analyze_audit, coverage_by_category, make_audit_sample, simulate_review, write_audit
+
+    with stage_run("audit", cfg) as logger:
+        processed = _load_meta(cfg.prepared)
+        meta = processed.meta
+        logger.set_tags({"dataset.fingerprint": processed.fingerprint})
+        sample = make_audit_sample(meta, n=cfg.n_items, seed=cfg.seed)
+        if cfg.simulate_review:
+            if not any(c.startswith("gt_") for c in meta.columns):
+                raise ValueError(f"simulate_review needs gt_* columns, and {processed.path} has none")
+            sample = simulate_review(sample, meta)
+        out = Path(cfg.output_dir)
+        csv_path = write_audit(sample, out)
+        coverage = coverage_by_category(meta)
+        logger.log_table(coverage.reset_index() if coverage.index.name else coverage, "audit/coverage.json")
+        logger.log_artifact(out, "audit")
+        result = {"run_id": logger.run_id, "audit_csv": str(csv_path), "rows": len(sample)}
+        if cfg.simulate_review:
+            report = analyze_audit(csv_path)
+            _log_audit_report(logger, report, out)
+            result["report"] = report.to_dict()
+        return result
+
+
+def _log_audit_report(logger, report, out: Path) -> None:
+    from protocol.io import write_json
+
+    summary = report.to_dict()
+    path = write_json(out / "audit_report.json", summary)
+    logger.log_artifact(path, "audit")
+    logger.log_metrics({f"audit.{attr}.precision": stats["precision"]
+                        for attr, stats in summary.get("per_attribute", {}).items()
+                        if stats.get("precision") is not None})
+
+
+@dataclass
+class AnalyzeAuditConfig:
+    """Read a reviewed grounding_audit.csv: correctness per attribute, contamination sources, tuning advice."""
+
+    audit_csv: str = field(default="outputs/audit/grounding_audit.csv", metadata={"help": "the completed CSV"})
+    output_dir: str = "outputs/audit"
+
+
+def run_analyze_audit(cfg: AnalyzeAuditConfig) -> dict:
+    from protocol.data.audit import analyze_audit
+
+    with stage_run("analyze_audit", cfg) as logger:
+        report = analyze_audit(resolve_input(cfg.audit_csv, "audit_csv"))
+        _log_audit_report(logger, report, Path(cfg.output_dir))
+        for line in report.to_dict().get("recommendations", []):
+            print("-", line)
+        return {"run_id": logger.run_id, "report": report.to_dict()}
+
+
+@dataclass
+class GroupsConfig:
+    """Product groups: source product ids, else id-suffix / url-stem / SKU heuristics, with an audit."""
+
+    prepared: str = field(default="outputs/prepared", metadata=PREPARED_HELP)
+    min_confidence: float = field(default=0.5, metadata={"help": "confidence a group key needs to be used"})
+    spot_check: int = field(default=20, metadata={"help": "groups in the spot-check sample"})
+    seed: int = 0
+    output_dir: str = "outputs/groups"
+
+    def __post_init__(self):
+        _check_fraction(self, "min_confidence")
+        _check_positive(self, "spot_check")
+
+
+def run_groups(cfg: GroupsConfig) -> dict:
+    from protocol.data.group_audit import audit_groups, write_groups_json
+    from protocol.data.group_key import derive_groups
+
+    with stage_run("groups", cfg) as logger:
+        processed = _load_meta(cfg.prepared)
+        logger.set_tags({"dataset.fingerprint": processed.fingerprint})
+        groups = derive_groups(processed.meta)
+        out = Path(cfg.output_dir)
+        path = write_groups_json(groups, out / "groups.json")
+        audit = audit_groups(groups, processed.meta, min_confidence=cfg.min_confidence,
+                             sample_size=cfg.spot_check, seed=cfg.seed)
+        spot = audit.pop("spot_check", None)
+        if spot is not None:
+            logger.log_table(spot, "groups/spot_check.json")
+        logger.log_dict(audit, "groups/group_audit.json")
+        logger.log_metrics({f"groups.{k}": v for k, v in _flatten(audit).items()})
+        logger.log_metrics({"groups.n_groups": groups["group_id"].nunique()})
+        logger.log_artifact(path, "groups")
+        return {"run_id": logger.run_id, "groups_json": str(path), "audit": audit}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested dict as dotted names (bools as 0/1)."""
+    flat: dict[str, float] = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat |= _flatten(v, name + ".")
+        elif isinstance(v, (int, float)) and v == v:
+            flat[name] = float(v)
+    return flat
+
+
+@dataclass
+class MineConfig:
+    """Hard negatives from the baseline catalog: nearest same-category items that differ in an attribute."""
+
+    catalog: str = field(default="outputs/baseline/catalog", metadata={"help": "baseline catalog dir or runs:/ URI"})
+    max_anchors: int = 2000
+    per_anchor: int = field(default=5, metadata={"help": "negatives kept per anchor"})
+    candidates: int = field(default=50, metadata={"help": "neighbours searched per anchor"})
+    attributes: str = field(default="material,neckline,pattern", metadata={"help": "attributes a confuser differs in"})
+    seed: int = 0
+    output_dir: str = "outputs/mine"
+
+    def __post_init__(self):
+        _check_positive(self, "max_anchors", "per_anchor", "candidates")
+        if self.candidates < self.per_anchor:
+            raise ValueError(f"parameter 'candidates' ({self.candidates}) must be >= 'per_anchor' ({self.per_anchor})")
+
+
+def run_mine(cfg: MineConfig) -> dict:
+    from protocol.data.hard_negatives import mine_hard_negatives, summarize_hard_negatives, write_hard_negatives
+    from protocol.retrieval.catalog import load_catalog
+    from protocol.tracking.evaluation import split_list
+
+    with stage_run("mine", cfg) as logger:
+        catalog = load_catalog(resolve_input(cfg.catalog, "catalog"))
+        logger.set_tags({"dataset.fingerprint": catalog.manifest["dataset_fingerprint"],
+                         "backbone.fingerprint": catalog.manifest["backbone_fingerprint"]})
+        negatives = mine_hard_negatives(catalog.meta, catalog.image, max_anchors=cfg.max_anchors,
+                                        per_anchor=cfg.per_anchor, candidates=cfg.candidates,
+                                        attributes=tuple(split_list(cfg.attributes)), seed=cfg.seed)
+        path = write_hard_negatives(negatives, Path(cfg.output_dir) / "hard_negatives.parquet")
+        summary = summarize_hard_negatives(negatives)
+        logger.log_dict(summary, "mine/summary.json")
+        logger.log_metrics({f"mine.{k}": v for k, v in _flatten(summary).items()})
+        logger.log_artifact(path)
+        return {"run_id": logger.run_id, "hard_negatives": str(path), "n": len(negatives)}
+
+
+@dataclass
+class PairsConfig:
+    """The pair dataset: positives and negatives of every type, in a target mix, validated."""
+
+    prepared: str = field(default="outputs/prepared", metadata=PREPARED_HELP)
+    groups: str = field(default="outputs/groups/groups.json", metadata={"help": "groups.json path or runs:/ URI"})
+    hard_negatives: str = field(default="outputs/mine/hard_negatives.parquet",
+                                metadata={"help": "hard_negatives.parquet path or runs:/ URI"})
+    n_pairs: int = 50_000
+    strong_group: float = 0.15
+    strong_attribute: float = 0.15
+    medium: float = 0.20
+    weak: float = 0.10
+    hard_mined: float = 0.20
+    hard_attribute: float = 0.15
+    easy: float = 0.05
+    min_group_confidence: float = 0.5
+    seed: int = 0
+    output_dir: str = "outputs/pairs"
+
+    def __post_init__(self):
+        _check_positive(self, "n_pairs")
+        _check_fraction(self, "min_group_confidence", *self.mix_fields())
+
+    @staticmethod
+    def mix_fields() -> tuple[str, ...]:
+        return ("strong_group", "strong_attribute", "medium", "weak", "hard_mined", "hard_attribute", "easy")
+
+
+def run_pairs(cfg: PairsConfig) -> dict:
+    import pandas as pd
+
+    from protocol.data.group_audit import read_groups_json
+    from protocol.data.pair_generator import PairMix, generate_pairs, write_pairs
+
+    with stage_run("pairs", cfg) as logger:
+        processed = _load_meta(cfg.prepared)
+        logger.set_tags({"dataset.fingerprint": processed.fingerprint})
+        groups = read_groups_json(resolve_input(cfg.groups, "groups"))
+        negatives = pd.read_parquet(resolve_input(cfg.hard_negatives, "hard_negatives"))
+        mix = PairMix(**{name: getattr(cfg, name) for name in cfg.mix_fields()})
+        pairs, stats = generate_pairs(processed.meta, groups, negatives, mix=mix, n_pairs=cfg.n_pairs,
+                                      seed=cfg.seed, min_group_confidence=cfg.min_group_confidence)
+        out = Path(cfg.output_dir)
+        paths = write_pairs(pairs, stats, out)
+        logger.log_metrics({f"pairs.{k}": v for k, v in _flatten(stats).items()})
+        logger.log_artifact(out, "pairs")
+        return {"run_id": logger.run_id, "pairs": str(out / "pairs.parquet"), "n": len(pairs), "paths": paths}
