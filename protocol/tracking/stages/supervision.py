@@ -7,6 +7,7 @@ files DESIGN names, and logs parameters, summaries and those files to its run.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from protocol.tracking.runs import resolve_input, stage_run
 log = logging.getLogger(__name__)
 
 PREPARED_HELP = {"help": "processed dataset dir or runs:/ URI"}
+METRIC_UNSAFE = re.compile(r"[^\w./ :-]")
 
 
 def _load_meta(prepared: str):
@@ -62,8 +64,8 @@ def run_audit(cfg: AuditConfig) -> dict:
                 raise ValueError(f"simulate_review needs gt_* columns, and {processed.path} has none")
             sample = simulate_review(sample, meta)
         out = Path(cfg.output_dir)
-        csv_path = write_audit(sample, out)
         coverage = coverage_by_category(meta)
+        csv_path = write_audit(sample, out, coverage)
         logger.log_table(coverage.reset_index() if coverage.index.name else coverage, "audit/coverage.json")
         logger.log_artifact(out, "audit")
         result = {"run_id": logger.run_id, "audit_csv": str(csv_path), "rows": len(sample)}
@@ -142,10 +144,10 @@ def run_groups(cfg: GroupsConfig) -> dict:
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a nested dict as dotted names (bools as 0/1)."""
+    """Numeric leaves of a nested dict as dotted MLflow metric names (bools as 0/1)."""
     flat: dict[str, float] = {}
     for k, v in d.items():
-        name = f"{prefix}{k}"
+        name = prefix + METRIC_UNSAFE.sub("_", str(k))  # MLflow refuses e.g. "+" in names
         if isinstance(v, dict):
             flat |= _flatten(v, name + ".")
         elif isinstance(v, (int, float)) and v == v:
@@ -161,7 +163,8 @@ class MineConfig:
     max_anchors: int = 2000
     per_anchor: int = field(default=5, metadata={"help": "negatives kept per anchor"})
     candidates: int = field(default=50, metadata={"help": "neighbours searched per anchor"})
-    attributes: str = field(default="material,neckline,pattern", metadata={"help": "attributes a confuser differs in"})
+    # neckline first: a confuser is filed under the first attribute that differs, and neckline is the headline target
+    attributes: str = field(default="neckline,material,pattern", metadata={"help": "attributes a confuser differs in"})
     seed: int = 0
     output_dir: str = "outputs/mine"
 
