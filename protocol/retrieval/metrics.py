@@ -1,0 +1,361 @@
+"""Retrieval metrics exactly as DESIGN "Retrieval metrics" defines them.
+
+Each mode ranks once: `topk` over the catalog (attribute precision, mAP@10, galleries)
+and `topk` over the query split's own items, merged with the first into the ranking
+over catalog + queries (recall@K, mrr@10). Every metric is then a vectorised function of
+those rankings.
+
+Definitions (K in `ks`, attribute A, value v):
+- A@K: over queries whose A is known, mean of (results among the top K with the
+  query's A) / K. Unknown (`unknown`, empty, missing) is never a match; for
+  category (column category2) `graphic` is treated as unknown too (graphic policy):
+  graphic queries are left out, graphic results never match. A@K[v]: same over
+  queries with A == v. Fewer than K results (tiny catalog) count as misses.
+- mAP@10 (`map10`): AP@10 = (1 / min(R, 10)) * sum_{k<=10} P@k * rel_k, where R is the
+  number of items in the whole attribute gallery with the query's A (the query item
+  itself not counted in i2i). Normalising by min(R, 10) makes a perfect top 10 score 1
+  even when R > 10; R = 0 gives AP 0 and the query still counts.
+- recall@K / mrr@10: a result is a hit when it belongs to the query's product
+  (`group_id`; per row falling back to product_id, then item_id, when empty). The
+  gallery is the catalog plus the query split's items, so in t2i/t2f the query's own
+  image is a hit. Queries whose product has no item in that gallery (in i2i: a
+  product with one image, the query itself being excluded) cannot be answered and
+  are left out; the count says how many remain.
+- i2i excludes the query item itself from both galleries (matched by item_id when
+  the catalog happens to hold it).
+
+Names follow DESIGN: `{mode}.{A}.p{K}`, `{mode}.{A}.p{K}.{v}`, `{mode}.{A}.map10[.{v}]`,
+`{mode}.recall{K}`, `{mode}.mrr10`, `{mode}.n_queries`; every key has a count (queries
+behind it) and keys with fewer than 5 queries are marked thin.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from protocol.io import write_json
+from protocol.retrieval.catalog import fuse
+from protocol.retrieval.search import merge_topk, topk
+
+logger = logging.getLogger(__name__)
+
+ATTRIBUTES = ("category", "material", "pattern", "neckline", "sleeve", "color")
+MODES = ("t2i", "t2f", "i2i")
+UNKNOWN = "unknown"
+GRAPHIC = "graphic"
+THIN_BELOW = 5
+RANK_DEPTH = 10  # mAP@10 and mrr@10 look this deep
+GROUP_COLUMNS = ("group_id", "product_id", "item_id")
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # DESIGN names -> fraction in [0, 1] (n_queries: a count)
+    counts: dict[str, int]  # same keys -> number of queries behind the figure
+    thin: set[str]  # keys with fewer than THIN_BELOW queries
+    rankings: dict[str, np.ndarray]  # mode -> [Q, depth] catalog rows (-1 = no result)
+    query_rows: np.ndarray  # rows of `queries` that were used, in ranking order
+    ks: tuple[int, ...] = field(default=(1, 5, 10))
+
+
+# ---- attribute values -------------------------------------------------------------
+
+
+def attribute_column(attribute: str) -> str:
+    """The dataset column holding an attribute (category lives in category2)."""
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"unknown attribute {attribute!r}; use one of {ATTRIBUTES}")
+    return "category2" if attribute == "category" else attribute
+
+
+def known_values(values: Sequence, attribute: str) -> np.ndarray:
+    """True where a value can be scored: not unknown/empty/missing, and not graphic for category."""
+    values = pd.Series(values, dtype=object)
+    known = values.notna() & ~values.isin(["", UNKNOWN])
+    if attribute == "category":
+        known &= values != GRAPHIC
+    return known.to_numpy()
+
+
+def _value_codes(query_values: Sequence, gallery_values: Sequence, attribute: str):
+    """Shared integer codes for both sides; -1 marks values that never match."""
+    q = np.asarray(pd.Series(query_values, dtype=object))
+    g = np.asarray(pd.Series(gallery_values, dtype=object))
+    both = np.concatenate([q, g])
+    codes, uniques = pd.factorize(both)
+    codes = np.where(known_values(both, attribute), codes, -1)
+    return codes[: len(q)], codes[len(q) :], len(uniques)
+
+
+def attribute_relevance(query_values, gallery_values, rankings: np.ndarray, attribute: str) -> np.ndarray:
+    """[Q, depth] bool: result j of query i has the query's (known) attribute value."""
+    q_codes, g_codes, _ = _value_codes(query_values, gallery_values, attribute)
+    # Index -1 (no result) picks the appended -1, which never matches.
+    result_codes = np.append(g_codes, -1)[rankings]
+    return (result_codes == q_codes[:, None]) & (q_codes[:, None] >= 0)
+
+
+def count_relevant(query_values, gallery_values, attribute: str) -> np.ndarray:
+    """[Q] int: gallery items sharing each query's known value (0 for unknown queries)."""
+    q_codes, g_codes, n_codes = _value_codes(query_values, gallery_values, attribute)
+    per_code = np.bincount(g_codes[g_codes >= 0], minlength=n_codes)
+    return np.where(q_codes >= 0, per_code[np.maximum(q_codes, 0)], 0)
+
+
+# ---- metrics on rankings ----------------------------------------------------------
+
+
+def precision_at(relevant: np.ndarray, k: int) -> np.ndarray:
+    """[Q] fraction of the top k results that are relevant (missing results count as misses)."""
+    return relevant[:, :k].sum(axis=1) / k
+
+
+def average_precision(relevant: np.ndarray, n_relevant: np.ndarray, depth: int = RANK_DEPTH) -> np.ndarray:
+    """[Q] AP@depth = (1/min(R, depth)) * sum_{k<=depth} P@k * rel_k; 0 when R = 0."""
+    rel = relevant[:, :depth].astype(np.float64)
+    precision_at_each = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
+    denominator = np.minimum(n_relevant, depth)
+    total = (precision_at_each * rel).sum(axis=1)
+    return np.divide(total, denominator, out=np.zeros(len(rel)), where=denominator > 0)
+
+
+def recall_at(hits: np.ndarray, k: int) -> np.ndarray:
+    """[Q] 1.0 when any of the top k results is a hit."""
+    return hits[:, :k].any(axis=1).astype(np.float64)
+
+
+def reciprocal_rank(hits: np.ndarray, depth: int = RANK_DEPTH) -> np.ndarray:
+    """[Q] 1/rank of the first hit within depth, else 0."""
+    hits = hits[:, :depth]
+    first = hits.argmax(axis=1)
+    return np.where(hits.any(axis=1), 1.0 / (first + 1), 0.0)
+
+
+# ---- query sampling and product groups ---------------------------------------------
+
+
+def stratified_sample(labels: Sequence, n: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted row indices of a seeded sample of n rows, stratified by label.
+
+    Every label first gets one row (when n allows, so rare categories keep queries),
+    the rest is shared in proportion to label size by largest remainder. None or
+    n >= len(labels) returns every row.
+    """
+    labels = pd.Series(labels, dtype=object).fillna("").astype(str).to_numpy()
+    if n is None or n >= len(labels):
+        return np.arange(len(labels))
+    if n < 1:
+        raise ValueError(f"max_queries must be positive or None, got {n}")
+    names, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    base = np.minimum(sizes, 1) if n >= len(names) else np.zeros_like(sizes)
+    room = sizes - base
+    share = (n - base.sum()) * room / room.sum()
+    quota = base + np.floor(share).astype(int)
+    by_remainder = np.argsort(-(share - np.floor(share)), kind="stable")
+    quota[by_remainder[: n - quota.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(inverse == g))[: quota[g]] for g in range(len(names))]
+    return np.sort(np.concatenate(picked))
+
+
+def group_keys(meta: pd.DataFrame) -> np.ndarray:
+    """Product key per row: group_id, else product_id, else item_id (first non-empty)."""
+    keys = pd.Series("", index=meta.index, dtype=object)
+    for column in reversed(GROUP_COLUMNS):
+        if column in meta.columns:
+            values = meta[column].astype(object)
+            present = values.notna() & (values.astype(str) != "")
+            keys = keys.where(~present, values.astype(str))
+    return keys.to_numpy()
+
+
+# ---- evaluation ---------------------------------------------------------------------
+
+
+def evaluate_retrieval(
+    queries: pd.DataFrame,
+    query_text: np.ndarray,
+    query_image: np.ndarray,
+    catalog: pd.DataFrame,
+    catalog_image: np.ndarray,
+    catalog_text: np.ndarray,
+    *,
+    modes: Sequence[str] = MODES,
+    ks: Sequence[int] = (1, 5, 10),
+    fusion_weight: float = 0.5,
+    max_queries: int | None = None,
+    seed: int = 0,
+) -> EvalResult:
+    """Every DESIGN retrieval metric for each mode; embeddings are L2-normalised rows.
+
+    `queries` / `catalog` are metadata frames in the row order of their embeddings.
+    """
+    _check_inputs(queries, query_text, query_image, "queries")
+    _check_inputs(catalog, catalog_image, catalog_text, "catalog")
+    bad_modes = [m for m in modes if m not in MODES]
+    if bad_modes:
+        raise ValueError(f"unknown modes {bad_modes}; use a subset of {MODES}")
+    ks = tuple(sorted({int(k) for k in ks}))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    depth = max(ks[-1], RANK_DEPTH)
+
+    rows = stratified_sample(queries["category2"], max_queries, seed)
+    query_meta = queries.iloc[rows].reset_index(drop=True)
+    # The query split's items join the catalog in the recall gallery, unless already there.
+    catalog_row_of = pd.Index(catalog["item_id"]).get_indexer(queries["item_id"])
+    extra = np.flatnonzero(catalog_row_of < 0)
+    extra_row_of = np.full(len(queries), -1)
+    extra_row_of[extra] = np.arange(len(extra))
+    gallery_groups = np.concatenate([group_keys(catalog), group_keys(queries)[extra]])
+
+    metrics: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    rankings: dict[str, np.ndarray] = {}
+    for mode in modes:
+        query_vecs, catalog_vecs, extra_vecs = _mode_vectors(
+            mode, query_text[rows], query_image[rows], catalog_image, catalog_text,
+            query_image[extra], query_text[extra], fusion_weight,
+        )
+        self_in_catalog = catalog_row_of[rows] if mode == "i2i" else None
+        self_in_extra = extra_row_of[rows] if mode == "i2i" else None
+        scores, ranking = topk(query_vecs, catalog_vecs, depth, exclude=self_in_catalog)
+        rankings[mode] = ranking
+        _attribute_metrics(mode, query_meta, catalog, ranking, self_in_catalog, ks, metrics, counts)
+
+        extra_scores, extra_ranking = topk(query_vecs, extra_vecs, depth, exclude=self_in_extra)
+        extra_ranking = np.where(extra_ranking >= 0, extra_ranking + len(catalog), -1)
+        _, full_ranking = merge_topk(scores, ranking, extra_scores, extra_ranking, depth)
+        _product_metrics(mode, group_keys(query_meta), gallery_groups, full_ranking, mode == "i2i", ks, metrics, counts)
+        metrics[f"{mode}.n_queries"] = float(len(rows))
+        counts[f"{mode}.n_queries"] = len(rows)
+        logger.info("%s: %d queries, %s", mode, len(rows),
+                    ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith(mode) and k.count(".") == 2))
+
+    thin = {key for key, n in counts.items() if n < THIN_BELOW}
+    return EvalResult(metrics, counts, thin, rankings, rows, ks)
+
+
+def _check_inputs(meta: pd.DataFrame, first: np.ndarray, second: np.ndarray, what: str) -> None:
+    needed = ["item_id"] + [attribute_column(a) for a in ATTRIBUTES]
+    missing = [c for c in needed if c not in meta.columns]
+    if missing:
+        raise ValueError(f"{what} metadata lacks columns {missing}; it needs {needed} (run prepare to ground them)")
+    if not (len(meta) == len(first) == len(second)):
+        raise ValueError(
+            f"{what}: {len(meta)} metadata rows but embeddings have {len(first)} and {len(second)} rows; "
+            "they must be in the same row order"
+        )
+
+
+def _mode_vectors(mode, q_text, q_image, c_image, c_text, x_image, x_text, weight):
+    """(queries, catalog gallery, extra gallery) embeddings for one mode."""
+    if mode == "t2i":
+        return q_text, c_image, x_image
+    if mode == "t2f":
+        return q_text, fuse(c_image, c_text, weight), fuse(x_image, x_text, weight)
+    return q_image, c_image, x_image
+
+
+def metric_value_name(value: str) -> str:
+    """An attribute value as it appears in a metric key (MLflow allows [\\w.\\- /:])."""
+    return re.sub(r"[^\w.\- /:]", "_", str(value))
+
+
+def _attribute_metrics(mode, query_meta, catalog, ranking, self_rows, ks, metrics, counts) -> None:
+    for attribute in ATTRIBUTES:
+        column = attribute_column(attribute)
+        q_values, g_values = query_meta[column], catalog[column]
+        relevant = attribute_relevance(q_values, g_values, ranking, attribute)
+        n_relevant = count_relevant(q_values, g_values, attribute)
+        if self_rows is not None:
+            # The excluded query item is no longer in the gallery: do not count it in R.
+            own = attribute_relevance(q_values, g_values, self_rows[:, None], attribute)[:, 0]
+            n_relevant = n_relevant - own
+        known = known_values(q_values, attribute)
+        if not known.any():
+            logger.warning("%s: no query has a known %s; its metrics are left out", mode, attribute)
+            continue
+        per_query = pd.DataFrame({f"p{k}": precision_at(relevant, k) for k in ks})
+        per_query["map10"] = average_precision(relevant, n_relevant)
+        per_query["value"] = q_values.map(metric_value_name).to_numpy()  # grouped by key name
+        per_query = per_query[known]
+        for stat in per_query.columns.drop("value"):
+            key = f"{mode}.{attribute}.{stat}"
+            metrics[key], counts[key] = float(per_query[stat].mean()), len(per_query)
+        grouped = per_query.groupby("value", sort=True)
+        sizes, means = grouped.size(), grouped.mean()
+        for value, n in sizes.items():
+            for stat in means.columns:
+                key = f"{mode}.{attribute}.{stat}.{value}"
+                metrics[key], counts[key] = float(means.at[value, stat]), int(n)
+
+
+def _product_metrics(mode, query_groups, gallery_groups, ranking, self_excluded, ks, metrics, counts) -> None:
+    codes, _ = pd.factorize(np.concatenate([gallery_groups, query_groups]))
+    g_codes, q_codes = codes[: len(gallery_groups)], codes[len(gallery_groups) :]
+    hits = np.append(g_codes, -1)[ranking] == q_codes[:, None]  # index -1 -> padding, never a hit
+    findable = np.bincount(g_codes, minlength=codes.max() + 1)[q_codes] - int(self_excluded) > 0
+    if not findable.any():
+        logger.warning("%s: no query has another item of its product in the gallery; recall is left out", mode)
+        return
+    hits = hits[findable]
+    for k in ks:
+        metrics[f"{mode}.recall{k}"], counts[f"{mode}.recall{k}"] = float(recall_at(hits, k).mean()), len(hits)
+    metrics[f"{mode}.mrr10"], counts[f"{mode}.mrr10"] = float(reciprocal_rank(hits).mean()), len(hits)
+
+
+# ---- reporting ----------------------------------------------------------------------
+
+
+def parse_metric_key(key: str) -> tuple[str, str | None, str, str | None]:
+    """(mode, attribute or None, stat, value or None) of a metric key; values may contain dots."""
+    mode, _, rest = key.partition(".")
+    attribute, _, rest_after = rest.partition(".")
+    if attribute not in ATTRIBUTES:
+        return mode, None, rest, None
+    stat, sep, value = rest_after.partition(".")
+    return mode, attribute, stat, (value if sep else None)
+
+
+def by_attribute_table(result: EvalResult, attribute: str) -> pd.DataFrame:
+    """Per mode and value of `attribute`: p{K}..., map10, n, thin (one row per value)."""
+    attribute_column(attribute)  # validates the name
+    cells: dict[tuple[str, str], dict] = {}
+    for key, value in result.metrics.items():
+        mode, attr, stat, attr_value = parse_metric_key(key)
+        if attr == attribute and attr_value is not None:
+            row = cells.setdefault((mode, attr_value), {"mode": mode, "value": attr_value})
+            row[stat], row["n"] = value, result.counts[key]
+    stats = [f"p{k}" for k in result.ks] + ["map10"]
+    table = pd.DataFrame(list(cells.values()), columns=["mode", "value", *stats, "n"])
+    table["n"] = table["n"].astype(int)
+    table["thin"] = table["n"] < THIN_BELOW
+    mode_order = {m: i for i, m in enumerate(MODES)}
+    return (table.sort_values(["mode", "value"], key=lambda s: s.map(mode_order) if s.name == "mode" else s)
+            .reset_index(drop=True))
+
+
+def write_eval_json(result: EvalResult, eval_dir: str | Path) -> None:
+    """eval/metrics.json (every non-per-value key) and metrics_by_{attribute}.json, atomically."""
+    eval_dir = Path(eval_dir)
+    overall = {
+        key: {"value": value, "n": result.counts[key], "thin": key in result.thin}
+        for key, value in sorted(result.metrics.items())
+        if parse_metric_key(key)[3] is None
+    }
+    write_json(eval_dir / "metrics.json", overall)
+    for attribute in ATTRIBUTES:
+        table = by_attribute_table(result, attribute)
+        nested: dict[str, dict[str, dict]] = {}
+        for record in table.to_dict(orient="records"):
+            mode, value = record.pop("mode"), record.pop("value")
+            nested.setdefault(mode, {})[value] = record
+        write_json(eval_dir / f"metrics_by_{attribute}.json", nested)
