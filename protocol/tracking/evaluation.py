@@ -93,7 +93,7 @@ def log_galleries(logger: RunLogger, cfg: EvalConfigMixin, processed, queries, c
     loader = image_loader(processed)
     for mode, ranking in result.rankings.items():
         fig = query_gallery(result.query_rows, ranking, queries, catalog, loader, n_queries=cfg.gallery_queries,
-                            title=f"{mode}: query and top-10")
+                            query_as="image" if mode == "i2i" else "text", title=f"{mode}: query and top-10")
         logger.log_figure(fig, f"galleries/{mode}_queries.png")
         plt.close(fig)
     if "t2i" in result.rankings:

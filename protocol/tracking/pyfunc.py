@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import logging
 import shutil
 import tempfile
@@ -22,7 +21,6 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from protocol.io import read_json, write_json
 
@@ -35,20 +33,14 @@ PIP_REQUIREMENTS = [
 ]
 
 
-def decode_image(value: Any) -> Image.Image:
-    """An image cell as PIL: raw bytes, a path to a file, or base64-encoded bytes."""
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    if isinstance(value, (bytes, bytearray)):
-        return Image.open(io.BytesIO(value)).convert("RGB")
-    if isinstance(value, str):
-        if len(value) < 4096 and Path(value).is_file():
-            return Image.open(value).convert("RGB")
+def image_cell(value: Any) -> Any:
+    """An image cell as the model takes it: bytes, PIL or a file path pass through; base64 text is decoded."""
+    if isinstance(value, str) and not (len(value) < 4096 and Path(value).is_file()):
         try:
-            return Image.open(io.BytesIO(base64.b64decode(value, validate=True))).convert("RGB")
-        except (binascii.Error, ValueError, OSError):
-            pass
-    raise ValueError(f"image cell must be bytes, an existing file path or base64 text, got {str(value)[:60]!r}")
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ValueError(f"image cell is neither an existing file path nor base64 bytes: {value[:60]!r}") from e
+    return value
 
 
 def _as_frame(model_input: Any) -> pd.DataFrame:
@@ -76,7 +68,7 @@ class ProtocolPyfuncModel(mlflow.pyfunc.PythonModel):
         frame = _as_frame(model_input)
         if "text" not in frame.columns and "image" not in frame.columns:
             raise ValueError(f"input needs a 'text' or an 'image' column, got columns {list(frame.columns)}")
-        out = np.zeros((len(frame), self.model.embed_dim), dtype=np.float32)
+        out = np.zeros((len(frame), self.model.heads.config.out_dim), dtype=np.float32)
         texts = frame["text"] if "text" in frame.columns else pd.Series([None] * len(frame))
         is_text = texts.notna().to_numpy() & (texts.astype(str).str.len() > 0).to_numpy()
         if is_text.any():
@@ -84,7 +76,7 @@ class ProtocolPyfuncModel(mlflow.pyfunc.PythonModel):
         if (~is_text).any():
             if "image" not in frame.columns:
                 raise ValueError("rows without text need an 'image' cell")
-            images = [decode_image(v) for v in frame["image"][~is_text]]
+            images = [image_cell(v) for v in frame["image"][~is_text]]
             out[~is_text] = self.model.encode_image_numpy(images)
         return out
 

@@ -127,14 +127,15 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             max_queries=cfg.max_queries, output_dir=f"{w}/evaluate"), run_evaluate)
         # explicit version numbers, not aliases: the step's cache key then names what it compared
         board = step("scoreboard", ScoreboardConfig(
-            baseline=registry.version_for_run(base).version, candidate=registry.version_for_run(train).version,
+            baseline=str(registry.version_for_run(base).version), candidate=str(registry.version_for_run(train).version),
             output_dir=f"{w}/scoreboard"), run_scoreboard)
 
         logger.log_metrics({f"step.{n}.seconds": o.seconds for n, o in outcomes.items()}
                            | {"steps.skipped": sum(o.skipped for o in outcomes.values())})
         table = resolve_input(run_artifact_uri(board, "scoreboard.txt"), "scoreboard").read_text()
+        if outcomes["scoreboard"].skipped:  # a fresh scoreboard step has printed its table already
+            print("\n" + table, flush=True)
         links = ui_links(logger.run_id)
-        print("\n" + table, flush=True)
         print(f"steps run: {[n for n, o in outcomes.items() if not o.skipped]}; "
               f"reused: {[n for n, o in outcomes.items() if o.skipped]}")
         print(f"MLflow UI (make ui): runs {links['runs']}\n  this pipeline run: {links['run']}", flush=True)
