@@ -38,3 +38,18 @@ def tracking_uri(tmp_path, monkeypatch, migrated_store) -> str:
     yield uri
     while mlflow.active_run() is not None:
         mlflow.end_run("FAILED")
+
+
+TINY_MODEL = "protocol-tiny"  # protocol/configs/open_clip/protocol-tiny.json, built by the same factory
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory) -> Path:
+    """A processed dataset of a small rendered synthetic catalog (64 px), saved to disk once per session."""
+    from protocol.data.prepare import finalize, save_processed
+    from protocol.data.synthetic import generate_catalog
+
+    out = tmp_path_factory.mktemp("tiny") / "prepared"
+    raw = generate_catalog(n_products=80, seed=0, image_size=64, show_progress=False)
+    save_processed(finalize(raw, seed=0, show_progress=False), out, source="synthetic(tiny)")
+    return out

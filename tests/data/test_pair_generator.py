@@ -10,7 +10,7 @@ from protocol.data.pair_generator import (
     PAIR_COLUMNS, PAIR_TYPES, POSITIVE_TYPES, PairMix, generate_pairs, validate_pairs, write_pairs,
 )
 from protocol.io import read_json
-from test_hard_negatives import random_meta
+from tests.data.test_hard_negatives import random_meta
 
 CATEGORY_BASED = set(PAIR_TYPES) - {"strong_group"}
 

@@ -1,0 +1,109 @@
+"""The real thing: `mlflow run . -e pipeline` on tiny data, then the step cache, the registry and promotion."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from protocol.tracking import registry
+from protocol.tracking.runs import EXPERIMENT_NAME
+from tests.e2e.conftest import TINY_PIPELINE_PARAMS, mlflow_run, pipeline_env
+
+pytestmark = pytest.mark.e2e
+STAGES = ["prepare", "baseline", "audit", "groups", "mine", "pairs", "train", "evaluate", "scoreboard"]
+
+
+def runs_by_stage(uri: str) -> dict[str, list]:
+    mlflow.set_tracking_uri(uri)
+    exp = MlflowClient().get_experiment_by_name(EXPERIMENT_NAME)
+    out: dict[str, list] = {}
+    for run in MlflowClient().search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]):
+        out.setdefault(run.data.tags.get("stage"), []).append(run)
+    return out
+
+
+def test_pipeline_runs_every_stage_as_child_runs(pipeline_store):
+    runs = runs_by_stage(pipeline_store.uri)
+    parent = runs["pipeline"][0]
+    assert parent.info.status == "FINISHED"
+    for stage in STAGES:
+        (child,) = runs[stage]
+        assert child.info.status == "FINISHED", stage
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id, stage
+        assert parent.data.tags[f"step.{stage}.run_id"] == child.info.run_id
+        if stage not in ("scoreboard",):
+            assert len(child.data.tags["dataset.fingerprint"]) == 64, stage
+    assert "VERDICT" in pipeline_store.stdout and "t2i.neckline.p10" in pipeline_store.stdout
+    assert "#/experiments/" in pipeline_store.stdout  # the UI link a user needs
+
+
+def test_registry_holds_baseline_and_candidate_with_their_evaluations(pipeline_store):
+    mlflow.set_tracking_uri(pipeline_store.uri)
+    runs = runs_by_stage(pipeline_store.uri)
+    baseline, candidate = registry.version_by_alias("baseline"), registry.version_by_alias("candidate")
+    assert baseline.run_id == runs["baseline"][0].info.run_id
+    assert candidate.run_id == runs["train"][0].info.run_id
+    assert candidate.tags[registry.EVALUATION_RUN_TAG] == runs["evaluate"][0].info.run_id
+    assert candidate.tags["scoreboard.verdict"] in ("pass", "fail")
+    evaluate = runs["evaluate"][0]
+    # the candidate is evaluated with the same metric code and names as the baseline
+    assert set(evaluate.data.metrics) >= {k for k in runs["baseline"][0].data.metrics if k.startswith("t2i.")}
+    board = registry.version_eval_dir(candidate)
+    assert (board / "metrics.json").exists() and (board / "metrics_by_neckline.json").exists()
+    client = MlflowClient()
+    report = {a.path for a in client.list_artifacts(evaluate.info.run_id, "report")}
+    assert {"report/report.md", "report/report.html"} <= report
+    train_artifacts = {a.path for a in client.list_artifacts(candidate.run_id, "checkpoints")}
+    assert "checkpoints/best.pt" in train_artifacts
+
+
+def copy_store(pipeline_store, tmp_path) -> str:
+    """A private copy of the pipeline's store, so this test's runs don't disturb the others."""
+    db = tmp_path / "mlflow.db"
+    shutil.copy(Path(pipeline_store.uri[len("sqlite:///"):]), db)
+    return f"sqlite:///{db}"
+
+
+def test_unchanged_pipeline_reuses_every_step_and_a_change_reruns_what_is_below(pipeline_store, tmp_path):
+    uri = copy_store(pipeline_store, tmp_path)
+    params = TINY_PIPELINE_PARAMS | {"work_dir": str(pipeline_store.work_dir)}
+    again = mlflow_run("pipeline", params, pipeline_env(uri))
+    assert "reused: ['prepare', 'baseline', 'audit', 'groups', 'mine', 'pairs', 'train', 'evaluate', 'scoreboard']" \
+        in again.stdout
+    runs = runs_by_stage(uri)
+    assert len(runs["pipeline"]) == 2 and all(len(runs[s]) == 1 for s in STAGES)
+
+    changed = mlflow_run("pipeline", params | {"epochs": "2"}, pipeline_env(uri))
+    assert "steps run: ['train', 'evaluate', 'scoreboard']" in changed.stdout
+    runs = runs_by_stage(uri)
+    assert [len(runs[s]) for s in STAGES] == [1, 1, 1, 1, 1, 1, 2, 2, 2]
+    mlflow.set_tracking_uri(uri)
+    assert registry.version_by_alias("candidate").run_id == runs["train"][1].info.run_id
+
+
+def test_scoreboard_promotes_only_a_passing_candidate_that_beats_the_champion(pipeline_store, tmp_path):
+    uri = copy_store(pipeline_store, tmp_path)
+    env = pipeline_env(uri)
+    locked = yaml.safe_load((Path(__file__).resolve().parents[2] / "protocol/configs/scoreboard.yaml").read_text())
+    lenient = dict(locked, targets=[dict(t, min_delta_points=-100.0) for t in locked["targets"]],
+                   success_rule={g: "meets_threshold" for g in locked["success_rule"]})
+    targets = tmp_path / "lenient.yaml"
+    targets.write_text(yaml.safe_dump(lenient))
+    board = {"targets": str(targets), "output_dir": str(tmp_path / "board")}
+    mlflow.set_tracking_uri(uri)
+    candidate = registry.version_by_alias("candidate")
+
+    first = mlflow_run("scoreboard", board, env)
+    assert f"champion -> version {candidate.version}" in first.stdout
+    assert registry.version_by_alias("champion").version == candidate.version
+    assert MlflowClient().get_model_version(candidate.name, candidate.version).tags["scoreboard.promoted"] == "true"
+
+    # the same candidate again is not strictly better than the champion: the alias stays
+    second = mlflow_run("scoreboard", board, env)
+    assert "champion unchanged" in second.stdout
+    assert registry.version_by_alias("champion").version == candidate.version

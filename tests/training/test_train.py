@@ -1,0 +1,224 @@
+"""Real short trainings on structured synthetic features (protocol.training.synthetic).
+
+The synthetic text features are a rotated, noisy view of the image features, so zero-shot
+text->image retrieval is weak and heads that learn the rotation do much better: a signal
+that training must find. Runs use one torch thread and a few hundred items (seconds each).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protocol.io import read_json
+from protocol.model.backbone import FingerprintMismatchError
+from protocol.model.protocol_model import ProtocolHeads
+from protocol.training.checkpoint import load_checkpoint
+from protocol.training.config import TrainConfig
+from protocol.training.synthetic import synthetic_training_set
+from protocol.training.train import TrainingDivergedError, train
+
+CFG = TrainConfig(epochs=3, batch_size=32, lr=1e-3, warmup_fraction=0.1, num_threads=1, log_every=10,
+                  val_max_queries=500)
+PRIMARY = CFG.primary_metric
+
+
+class RecordingLogger:
+    """A RunLogger that keeps what it is given, to check what training reports."""
+
+    def __init__(self):
+        self.metrics, self.tables, self.artifacts = [], {}, []
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append((step, dict(metrics)))
+
+    def log_params(self, params):
+        pass
+
+    def log_table(self, df, artifact_file):
+        self.tables[artifact_file] = df
+
+    def log_figure(self, fig, artifact_file):
+        pass
+
+    def log_artifact(self, path, artifact_path=None):
+        self.artifacts.append((Path(path).name, artifact_path))
+
+    def log_dict(self, obj, artifact_file):
+        pass
+
+    def set_tags(self, tags):
+        pass
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_training_set(n_products=200, dim=32, n_pairs=2000, seed=0)
+
+
+@pytest.fixture(scope="module")
+def full_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    recorder = RecordingLogger()
+    result = train(CFG, data.features, data.meta, data.pairs, data.hard_negatives, out, logger=recorder)
+    return result, out, recorder
+
+
+def run(data, out, cfg=CFG, **kwargs):
+    return train(cfg, data.features, data.meta, data.pairs, data.hard_negatives, out, **kwargs)
+
+
+def state_of(heads: ProtocolHeads) -> dict[str, torch.Tensor]:
+    return heads.state_dict()
+
+
+def test_training_improves_text_to_image_retrieval_over_zero_shot(full_run):
+    result, _, _ = full_run
+    ref, final = result.reference_metrics, result.final_metrics
+    for name in ("t2i.category.p10", "t2i.material.p10", "t2i.neckline.p10"):
+        assert final[name] - ref[name] > 0.05, (name, ref[name], final[name])
+    assert final["t2i.recall10"] - ref["t2i.recall10"] > 0.3
+    losses = [h["train"]["loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert result.best_epoch == 1 + int(np.argmax([h["primary"] for h in result.history]))
+    assert result.best_metric == pytest.approx(max(h["primary"] for h in result.history))
+
+
+def test_training_writes_config_log_and_checkpoints(full_run):
+    result, out, _ = full_run
+    config = read_json(out / "config.json")
+    assert config["train"] == CFG.to_dict()
+    assert config["heads"]["attribute_classes"].keys() == {"material", "pattern", "neckline", "sleeve"}
+    assert config["n_trainable_parameters"] == result.heads.n_trainable_parameters()
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2, 3]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert steps and all(r["step"] % CFG.log_every == 0 for r in steps)
+    assert {"train.loss", "train.t2i", "train.attribute", "train.acc.neckline", "train.lr"} <= steps[0].keys()
+
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["best.pt", "epoch_1.pt", "epoch_2.pt", "epoch_3.pt", "final.pt"]
+    final = load_checkpoint(result.final_path, expected_backbone_fingerprint=result_fingerprint(out))
+    assert final["epoch"] == 3 and final["best_epoch"] == result.best_epoch
+    restored = ProtocolHeads.from_checkpoint(final)
+    for name, tensor in state_of(result.heads).items():
+        assert torch.equal(restored.state_dict()[name], tensor), name
+    best = load_checkpoint(result.best_path)
+    assert best["epoch"] == result.best_epoch
+
+
+def result_fingerprint(out: Path) -> str:
+    return read_json(out / "config.json")["backbone_fingerprint"]
+
+
+def test_training_reports_metrics_mix_tables_and_artifacts(full_run):
+    _, _, recorder = full_run
+    per_epoch = {step: m for step, m in recorder.metrics if f"val.{PRIMARY}" in m}
+    assert sorted(per_epoch) == [1, 2, 3]
+    for metrics in per_epoch.values():
+        expected = 100 * (metrics[f"val.{PRIMARY}"] - recorder.metrics[0][1][f"val.reference.{PRIMARY}"])
+        assert metrics[f"val.delta.{PRIMARY}"] == pytest.approx(expected)
+        assert metrics["train.pairs_per_s"] > 0
+    table = recorder.tables["sampler/mix_epoch_001.json"]
+    assert {"group", "target_share", "achieved_share"} <= set(table.columns)
+    assert table.set_index("group").loc["category2=tees", "achieved_share"] <= CFG.dominant_cap + 1e-9
+    assert ("final.pt", "checkpoints") in recorder.artifacts and ("best.pt", "checkpoints") in recorder.artifacts
+
+
+def test_resumed_run_ends_with_the_same_weights_and_metrics(data, full_run, tmp_path):
+    full, _, _ = full_run
+    first = run(data, tmp_path, stop_after_epochs=1)
+    assert first.stopped_early and first.final_path is None
+    assert first.last_checkpoint == tmp_path / "checkpoints" / "epoch_1.pt"
+    resumed = run(data, tmp_path, resume=first.last_checkpoint)
+    assert not resumed.stopped_early
+    for name, tensor in state_of(full.heads).items():
+        assert torch.equal(state_of(resumed.heads)[name], tensor), name
+    assert resumed.final_metrics == full.final_metrics
+    assert resumed.reference_metrics == full.reference_metrics
+    assert (resumed.best_epoch, resumed.best_metric) == (full.best_epoch, full.best_metric)
+    timing = {"seconds", "pairs_per_s"}
+    strip = lambda history: [{k: v for k, v in h.items() if k not in timing} for h in history]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "epoch"]
+    assert epochs == [1, 2, 3]
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    good = run(data, tmp_path, stop_after_epochs=1).last_checkpoint
+    before = good.read_bytes()
+    with pytest.raises(TrainingDivergedError) as error:
+        run(data, tmp_path, dataclasses.replace(CFG, lr=1e38), resume=good)
+    message = str(error.value)
+    assert "epoch 2, step 2 of the epoch" in message and "'contrastive': nan" in message
+    assert str(good) in message
+    assert good.read_bytes() == before
+    assert not (tmp_path / "checkpoints" / "epoch_2.pt").exists()
+    assert not (tmp_path / "checkpoints" / "final.pt").exists()
+    heads = ProtocolHeads.from_checkpoint(load_checkpoint(good))
+    assert all(torch.isfinite(p).all() for p in heads.parameters())
+    recovered = run(data, tmp_path, resume=good)  # the recovery the message suggests
+    assert np.isfinite(recovered.final_metrics[PRIMARY])
+
+
+def test_huge_lr_from_the_start_diverges_before_any_checkpoint(data, tmp_path):
+    with pytest.raises(TrainingDivergedError, match="no checkpoint written yet"):
+        run(data, tmp_path, dataclasses.replace(CFG, lr=1e38, epochs=1))
+
+
+def test_plain_infonce_ablation_really_turns_the_features_off(data, tmp_path):
+    plain = dataclasses.replace(CFG, epochs=1, attribute_heads=False, balanced_sampling=False, hard_negatives=False)
+    recorder = RecordingLogger()
+    with_negatives = train(plain, data.features, data.meta, data.pairs, data.hard_negatives, tmp_path / "a",
+                           logger=recorder)
+    without = train(plain, data.features, data.meta, data.pairs, None, tmp_path / "b")
+    assert len(with_negatives.heads.attribute_heads) == 0
+    for name, tensor in state_of(with_negatives.heads).items():  # the mined negatives are not used at all
+        assert torch.equal(state_of(without.heads)[name], tensor), name
+    steps = [m for _, m in recorder.metrics if "train.loss" in m]
+    assert steps and not any(k.startswith(("train.attr", "train.acc", "train.attribute")) for k in steps[0])
+    table = recorder.tables["sampler/mix_epoch_001.json"].set_index("group")
+    natural = (data.meta.loc[data.meta["split"] == "train", "category2"] == "cardigans").mean()
+    assert table.loc["category2=cardigans", "target_share"] == pytest.approx(natural)  # no oversampling
+
+
+def test_resume_refuses_another_config_or_backbone(data, tmp_path):
+    checkpoint = run(data, tmp_path, dataclasses.replace(CFG, epochs=2), stop_after_epochs=1).last_checkpoint
+    with pytest.raises(ValueError, match=r"batch_size \(32 -> 16\)"):
+        run(data, tmp_path, dataclasses.replace(CFG, epochs=2, batch_size=16), resume=checkpoint)
+    other = dataclasses.replace(data.features, backbone_fingerprint="another-backbone")
+    with pytest.raises(FingerprintMismatchError, match="another-backbone"):
+        train(dataclasses.replace(CFG, epochs=2), other, data.meta, data.pairs, data.hard_negatives, tmp_path,
+              resume=checkpoint)
+
+
+def test_bad_inputs_are_named(data, tmp_path):
+    nan_features = dataclasses.replace(data.features, image=data.features.image.copy())
+    nan_features.image[5, 3] = np.nan
+    with pytest.raises(ValueError, match=data.meta["item_id"].iloc[5]):
+        train(CFG, nan_features, data.meta, data.pairs, data.hard_negatives, tmp_path)
+    stray = data.pairs.copy()
+    stray.loc[0, "other_id"] = "no-such-item"
+    with pytest.raises(ValueError, match="pairs.parquet column 'other_id'.*no-such-item"):
+        run(data.__class__(data.features, data.meta, stray, data.hard_negatives), tmp_path)
+    with pytest.raises(ValueError, match="same dataset row order"):
+        train(CFG, data.features, data.meta.iloc[::-1].reset_index(drop=True), data.pairs, None, tmp_path)
+    with pytest.raises(ValueError, match="primary_metric 't2i.nothing.p10'"):
+        run(data, tmp_path, dataclasses.replace(CFG, primary_metric="t2i.nothing.p10"))
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("lr", -1.0, "lr must be > 0, got -1.0"), ("epochs", 0, "epochs must be > 0"),
+    ("dropout", 1.0, "dropout must be in"), ("head", "conv", "head must be"),
+    ("dominant_groups", "category2", "column=value"), ("weak_categories", "graphic", "graphic"),
+    ("steps_per_epoch", 0, "steps_per_epoch"), ("batch_size", 1, "batch_size must be >= 2"),
+])
+def test_config_rejects_bad_values_naming_the_field(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{field: value})
