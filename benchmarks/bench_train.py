@@ -1,0 +1,149 @@
+"""Training throughput on cached features, against a training step that runs the backbone.
+
+Measured in one run, on the same machine state:
+  - pairs/s of `protocol.training.train` (the step loop, validation excluded) with the
+    default config, with fresh extra-column embeddings (bank_refresh_steps=0), and with
+    1 vs 2 torch threads;
+  - one validation on the mini catalog;
+  - one "backbone step": ViT-B-32 (random init) forward over the 64 images and 64 texts of
+    a batch under no_grad, plus the heads step, i.e. what each step would cost without
+    the feature cache.
+Prints pairs/s, the projected time of 50,000 pairs x 10 epochs (target < 60 s on 2 cores),
+and the cached/backbone step ratio (target >= 100x). The CPU is shared: the load average
+is printed before and after, and ratios measured in the same run are what to compare.
+
+Data: the default data's cached features and pairs (the train stage's default input paths,
+or --prepared/--catalog/--cache-dir/--pairs) when they exist, otherwise synthetic features
+(1,200 items, D=512) with 50,000 pairs from the real pair generator.
+
+    .venv/bin/python benchmarks/bench_train.py [--steps 300] [--threads 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from dataclasses import replace
+
+import pandas as pd
+import torch
+
+from protocol.training.config import TrainConfig
+from protocol.training.synthetic import synthetic_training_set
+from protocol.training.train import train
+from protocol.training.validation import validate
+
+PAIRS_TARGET = 50_000 * 10
+BATCH = 64
+
+
+def stage_defaults() -> dict[str, str]:
+    """Where the pipeline's train stage reads its inputs by default (TrainStageConfig is their one source)."""
+    from protocol.tracking.stages.train import TrainStageConfig
+
+    names = ("prepared", "catalog", "cache_dir", "pairs", "hard_negatives_path")
+    return {f.name: f.default for f in dataclasses.fields(TrainStageConfig) if f.name in names}
+
+
+def load_data(args):
+    """The default data's cached features when the pipeline has produced them, else synthetic ones."""
+    paths = [args.prepared, args.catalog, args.cache_dir, args.pairs]
+    if all(os.path.exists(p) for p in paths):
+        from protocol.data.processed import load_processed
+        from protocol.io import read_json
+        from protocol.model.features import load_features
+
+        processed = load_processed(args.prepared)
+        backbone_fp = read_json(os.path.join(args.catalog, "manifest.json"))["backbone_fingerprint"]
+        features = load_features(args.cache_dir, processed.fingerprint, backbone_fp)
+        pairs = pd.read_parquet(args.pairs)
+        negatives = pd.read_parquet(args.hard_negatives) if os.path.exists(args.hard_negatives) else None
+        return features, processed.meta, pairs, negatives, f"cached features of {args.prepared}, {len(pairs)} pairs"
+    s = synthetic_training_set(n_products=600, dim=512, n_pairs=50_000, seed=0)
+    return s.features, s.meta, s.pairs, s.hard_negatives, "synthetic (no pipeline outputs found): 50,000 pairs"
+
+
+def loop_pairs_per_s(cfg: TrainConfig, data) -> float:
+    features, meta, pairs, negatives, _ = data
+    with tempfile.TemporaryDirectory() as out:
+        result = train(cfg, features, meta, pairs, negatives, out)
+    return result.history[-1]["pairs_per_s"]
+
+
+def backbone_step_seconds(repeats: int) -> float:
+    """ViT-B-32 forward on 64 images + 64 texts (no_grad): the per-step cost without a feature cache."""
+    from protocol.model.backbone import BackboneSpec, create_backbone
+
+    backbone = create_backbone(BackboneSpec("ViT-B-32", "none", 0), device="cpu")
+    pixels = torch.randn(BATCH, 3, 224, 224)
+    tokens = backbone.tokenizer([f"a blue cotton crew neck tee number {i}" for i in range(BATCH)])
+    backbone.embed_pixels(pixels[:2])  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        backbone.embed_pixels(pixels)
+        backbone.embed_tokens(tokens)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300, help="steps per measured run")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--backbone-repeats", type=int, default=2)
+    defaults = stage_defaults()
+    parser.add_argument("--prepared", default=defaults["prepared"], help="processed dataset dir")
+    parser.add_argument("--catalog", default=defaults["catalog"], help="baseline catalog (names the backbone)")
+    parser.add_argument("--cache-dir", default=defaults["cache_dir"], help="feature cache directory")
+    parser.add_argument("--pairs", default=defaults["pairs"], help="pairs.parquet")
+    parser.add_argument("--hard-negatives", default=defaults["hard_negatives_path"], help="hard_negatives.parquet")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    print(f"load average before: {os.getloadavg()}")
+
+    data = load_data(args)
+    features, meta = data[0], data[1]
+    print(f"data: {data[4]}; {len(meta)} items, D={features.image.shape[1]}")
+    base = TrainConfig(epochs=1, steps_per_epoch=args.steps, batch_size=BATCH, num_threads=args.threads[0])
+    results = {}
+    for threads in args.threads:  # thread count: cost of OpenMP on a shared CPU vs gain on an idle one
+        results[f"default, {threads} thread(s)"] = loop_pairs_per_s(replace(base, num_threads=threads), data)
+    results[f"fresh extras (bank_refresh_steps=0), {args.threads[0]} thread(s)"] = loop_pairs_per_s(
+        replace(base, bank_refresh_steps=0), data)
+    results[f"plain InfoNCE ablation, {args.threads[0]} thread(s)"] = loop_pairs_per_s(
+        replace(base, attribute_heads=False, balanced_sampling=False, hard_negatives=False), data)
+    results[f"default with batch_size=256, {args.threads[0]} thread(s)"] = loop_pairs_per_s(
+        replace(base, batch_size=4 * BATCH, steps_per_epoch=max(1, args.steps // 4)), data)
+
+    from protocol.model.protocol_model import ProtocolHeads
+
+    torch.set_num_threads(args.threads[0])
+    heads = ProtocolHeads.identity(features.image.shape[1])
+    started = time.perf_counter()
+    validate(heads, features, meta, max_catalog=base.val_max_catalog, max_queries=base.val_max_queries)
+    validation_s = time.perf_counter() - started
+
+    backbone_s = backbone_step_seconds(args.backbone_repeats)
+    defaults = {k: v for k, v in results.items() if k.startswith("default,")}  # the shipped config, batch 64
+    best_name = max(defaults, key=defaults.get)
+    best = defaults[best_name]
+    heads_step_s = BATCH / best
+    print(f"\n{'configuration':<55} {'pairs/s':>9} {'50k x 10 epochs':>16}")
+    for name, pairs_per_s in results.items():
+        print(f"{name:<55} {pairs_per_s:>9.0f} {PAIRS_TARGET / pairs_per_s:>14.0f} s")
+    print(f"\nbest: {best_name}: {best:.0f} pairs/s, {heads_step_s * 1e3:.1f} ms/step; "
+          f"projected 50,000 pairs x 10 epochs: {PAIRS_TARGET / best:.0f} s (target < 60 s)")
+    print(f"validation on the mini catalog: {validation_s:.2f} s")
+    print(f"backbone step (ViT-B-32 fwd, 64 images + 64 texts, {torch.get_num_threads()} thread(s)): "
+          f"{backbone_s:.2f} s + heads step -> ratio {(backbone_s + heads_step_s) / heads_step_s:.0f}x "
+          "(target >= 100x)")
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

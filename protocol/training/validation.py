@@ -1,0 +1,73 @@
+"""Validation during training: retrieval metrics on a mini catalog, from cached features only.
+
+Queries are the val-split items (up to `max_queries`, stratified by evaluate_retrieval);
+the catalog is a seeded sample of up to `max_catalog` train-split items. Embeddings are
+the heads applied to the cached backbone features, so a validation costs a few matrix
+products. The same call with `ProtocolHeads.identity` is the zero-shot reference that
+training deltas are measured against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from protocol.data.schema import require_columns
+from protocol.model.protocol_model import ProtocolHeads
+from protocol.retrieval.metrics import MODES, evaluate_retrieval
+
+QUERY_SPLIT = "val"
+CATALOG_SPLIT = "train"
+COUNT_SUFFIX = "n_queries"  # evaluate_retrieval also reports how many queries a mode used
+
+
+def validation_rows(meta: pd.DataFrame, max_catalog: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(query rows, catalog rows): every val row, and a seeded sample of up to max_catalog train rows (sorted)."""
+    require_columns(meta, ["split"], "validation meta", "the processed dataset has it")
+    split = meta["split"].to_numpy()
+    queries = np.flatnonzero(split == QUERY_SPLIT)
+    catalog = np.flatnonzero(split == CATALOG_SPLIT)
+    if len(queries) == 0 or len(catalog) == 0:
+        raise ValueError(
+            f"validation needs items of split {QUERY_SPLIT!r} (queries) and {CATALOG_SPLIT!r} (catalog); "
+            f"meta has {len(queries)} and {len(catalog)}: re-run prepare with a val split"
+        )
+    if len(catalog) > max_catalog:
+        catalog = np.sort(np.random.default_rng(seed).choice(catalog, size=max_catalog, replace=False))
+    return queries, catalog
+
+
+def validate(
+    heads: ProtocolHeads,
+    features,
+    meta: pd.DataFrame,
+    *,
+    max_catalog: int = 5000,
+    max_queries: int = 500,
+    seed: int = 0,
+    fusion_weight: float | None = None,
+    modes=MODES,
+) -> dict[str, float]:
+    """Retrieval metrics (DESIGN names, e.g. "t2i.neckline.p10") of `heads` on the mini catalog."""
+    if len(meta) != len(features.image):
+        raise ValueError(f"meta has {len(meta)} rows but the features have {len(features.image)}: "
+                         "they must come from the same dataset, in the same row order")
+    query_rows, catalog_rows = validation_rows(meta, max_catalog, seed)
+    rows = np.concatenate([query_rows, catalog_rows])
+    image, text = heads.embed_numpy(features.image[rows], features.text[rows])
+    n = len(query_rows)
+    result = evaluate_retrieval(
+        meta.iloc[query_rows].reset_index(drop=True), text[:n], image[:n],
+        meta.iloc[catalog_rows].reset_index(drop=True), image[n:], text[n:],
+        modes=modes,
+        fusion_weight=heads.fusion_weight if fusion_weight is None else fusion_weight,
+        max_queries=max_queries,
+        seed=seed,
+    )
+    return result.metrics
+
+
+def deltas(metrics: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
+    """"delta.<name>": (metric - reference) in points (x100), for the fractions in both (counts left out)."""
+    return {f"delta.{name}": 100.0 * (value - reference[name]) for name, value in metrics.items()
+            if name in reference and not name.endswith(COUNT_SUFFIX)}
