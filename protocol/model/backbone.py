@@ -41,6 +41,7 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import text_global_pool
 from PIL import Image
 
 from protocol.io import atomic_path
@@ -98,7 +99,7 @@ class Backbone:
     def embed_tokens(self, tokens: torch.Tensor) -> np.ndarray:
         """Token ids [n, context_length] -> [n, D] float32, L2-normalised."""
         with torch.inference_mode(), self._autocast():
-            features = self.model.encode_text(tokens.to(self.device, non_blocking=True))
+            features = encode_text_trimmed(self.model, tokens.to(self.device, non_blocking=True))
         return _normalised_numpy(features)
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
@@ -122,6 +123,29 @@ class Backbone:
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.float16)
         return nullcontext()
+
+
+def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text(tokens)`, run only over the columns up to the batch's last end token.
+
+    Shop titles are ~30 tokens of CLIP's 77-token context. The text tower is causal and
+    pools at the end token (argmax pooling), so no position after a sequence's end token
+    can change its embedding: those padding columns are dead compute, and cutting them
+    gives the same numbers about twice as fast. Towers of another shape use encode_text.
+    """
+    trimmable = (isinstance(model, open_clip.CLIP) and getattr(model, "text_pool_type", None) == "argmax"
+                 and getattr(model, "attn_mask", None) is not None and model.transformer.batch_first)
+    if not trimmable:
+        return model.encode_text(tokens)
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    x = text_global_pool(x, tokens, model.text_pool_type)
+    if model.text_projection is None:
+        return x
+    return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
 
 
 def _normalised_numpy(features: torch.Tensor) -> np.ndarray:

@@ -151,3 +151,21 @@ def test_cuda_encoding_matches_cpu_within_half_precision(tiny):
     np.testing.assert_allclose(np.linalg.norm(gpu_images, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(gpu_images, tiny.encode_images(images), atol=1e-2)
     np.testing.assert_allclose(gpu_texts, tiny.encode_texts(texts), atol=1e-2)
+
+
+@pytest.mark.parametrize("model_name", ["protocol-tiny", "ViT-B-32"])
+def test_trimmed_text_encoding_equals_open_clip_encode_text(model_name):
+    """Cutting the padding after the last end token must not change a single embedding."""
+    import torch
+
+    from protocol.model.backbone import BackboneSpec, create_backbone, encode_text_trimmed
+
+    backbone = create_backbone(BackboneSpec(model_name, "none", 3))
+    texts = ["tee", "a long relaxed cotton crew-neck tee with short sleeves, pairs well with our denim shorts",
+             "leather jacket"]
+    tokens = backbone.tokenizer(texts)
+    assert int(tokens.argmax(dim=-1).max()) + 1 < tokens.shape[1]  # there is padding to cut
+    with torch.inference_mode():
+        full = backbone.model.encode_text(tokens)
+        trimmed = encode_text_trimmed(backbone.model, tokens)
+    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-4)
