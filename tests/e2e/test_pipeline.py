@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -18,8 +19,24 @@ pytestmark = pytest.mark.e2e
 STAGES = ["prepare", "baseline", "audit", "groups", "mine", "pairs", "train", "evaluate", "scoreboard"]
 
 
-def runs_by_stage(uri: str) -> dict[str, list]:
+@pytest.fixture(autouse=True)
+def _restore_tracking_env():
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def use_store(uri: str) -> None:
+    """Point this process at a store the way every stage finds it: MLFLOW_TRACKING_URI."""
+    os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
+
+
+def runs_by_stage(uri: str) -> dict[str, list]:
+    use_store(uri)
     exp = MlflowClient().get_experiment_by_name(EXPERIMENT_NAME)
     out: dict[str, list] = {}
     for run in MlflowClient().search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]):
@@ -43,7 +60,7 @@ def test_pipeline_runs_every_stage_as_child_runs(pipeline_store):
 
 
 def test_registry_holds_baseline_and_candidate_with_their_evaluations(pipeline_store):
-    mlflow.set_tracking_uri(pipeline_store.uri)
+    use_store(pipeline_store.uri)
     runs = runs_by_stage(pipeline_store.uri)
     baseline, candidate = registry.version_by_alias("baseline"), registry.version_by_alias("candidate")
     assert baseline.run_id == runs["baseline"][0].info.run_id
@@ -82,7 +99,7 @@ def test_unchanged_pipeline_reuses_every_step_and_a_change_reruns_what_is_below(
     assert "steps run: ['train', 'evaluate', 'scoreboard']" in changed.stdout
     runs = runs_by_stage(uri)
     assert [len(runs[s]) for s in STAGES] == [1, 1, 1, 1, 1, 1, 2, 2, 2]
-    mlflow.set_tracking_uri(uri)
+    use_store(uri)
     assert registry.version_by_alias("candidate").run_id == runs["train"][1].info.run_id
 
 
@@ -95,7 +112,7 @@ def test_scoreboard_promotes_only_a_passing_candidate_that_beats_the_champion(pi
     targets = tmp_path / "lenient.yaml"
     targets.write_text(yaml.safe_dump(lenient))
     board = {"targets": str(targets), "output_dir": str(tmp_path / "board")}
-    mlflow.set_tracking_uri(uri)
+    use_store(uri)
     candidate = registry.version_by_alias("candidate")
 
     first = mlflow_run("scoreboard", board, env)

@@ -73,7 +73,7 @@ def png_base64(color=(200, 30, 30)) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def test_served_model_embeds_text_and_images(pipeline_store, served_baseline):
+def test_served_model_embeds_text_and_images(pipeline_store, served_baseline, monkeypatch):
     texts = ["red denim shorts", "black leather jacket with a collar"]
     by_text = np.asarray(post(served_baseline, {"inputs": {"text": texts}})["predictions"], dtype=np.float32)
     by_image = np.asarray(post(served_baseline, {"inputs": {"image": [png_base64()]}})["predictions"], dtype=np.float32)
@@ -83,6 +83,7 @@ def test_served_model_embeds_text_and_images(pipeline_store, served_baseline):
     assert not np.allclose(by_text[0], by_text[1])
 
     # what the server answers is what the registered model computes in-process
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", pipeline_store.uri)
     mlflow.set_tracking_uri(pipeline_store.uri)
     local = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}@baseline")
     np.testing.assert_allclose(local.predict({"text": texts}), by_text, atol=1e-5)

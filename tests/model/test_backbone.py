@@ -160,7 +160,8 @@ def test_trimmed_text_encoding_equals_open_clip_encode_text(model_name):
 
     from protocol.model.backbone import BackboneSpec, create_backbone, encode_text_trimmed
 
-    backbone = create_backbone(BackboneSpec(model_name, "none", 3))
+    # on the CPU: a GPU may pick other attention kernels for another length, which is rounding, not meaning
+    backbone = create_backbone(BackboneSpec(model_name, "none", 3), device="cpu")
     texts = ["tee", "a long relaxed cotton crew-neck tee with short sleeves, pairs well with our denim shorts",
              "leather jacket"]
     tokens = backbone.tokenizer(texts)
