@@ -6,11 +6,13 @@ files DESIGN names, and logs parameters, summaries and those files to its run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protocol.data.pair_generator import PairMix
 from protocol.tracking.runs import resolve_input, stage_run
 
 log = logging.getLogger(__name__)
@@ -203,39 +205,39 @@ class PairsConfig:
     hard_negatives: str = field(default="outputs/mine/hard_negatives.parquet",
                                 metadata={"help": "hard_negatives.parquet path or runs:/ URI"})
     n_pairs: int = 50_000
-    strong_group: float = 0.15
-    strong_attribute: float = 0.15
-    medium: float = 0.20
-    weak: float = 0.10
-    hard_mined: float = 0.20
-    hard_attribute: float = 0.15
-    easy: float = 0.05
+    # the mix: one flat parameter per pair type, defaults from PairMix (which checks they sum to 1)
+    strong_group: float = PairMix.strong_group
+    strong_attribute: float = PairMix.strong_attribute
+    medium: float = PairMix.medium
+    weak: float = PairMix.weak
+    hard_mined: float = PairMix.hard_mined
+    hard_attribute: float = PairMix.hard_attribute
+    easy: float = PairMix.easy
     min_group_confidence: float = 0.5
     seed: int = 0
     output_dir: str = "outputs/pairs"
 
     def __post_init__(self):
         _check_positive(self, "n_pairs")
-        _check_fraction(self, "min_group_confidence", *self.mix_fields())
+        _check_fraction(self, "min_group_confidence")
+        self.mix()
 
-    @staticmethod
-    def mix_fields() -> tuple[str, ...]:
-        return ("strong_group", "strong_attribute", "medium", "weak", "hard_mined", "hard_attribute", "easy")
+    def mix(self) -> PairMix:
+        return PairMix(**{f.name: getattr(self, f.name) for f in dataclasses.fields(PairMix)})
 
 
 def run_pairs(cfg: PairsConfig) -> dict:
     import pandas as pd
 
     from protocol.data.group_audit import read_groups_json
-    from protocol.data.pair_generator import PairMix, generate_pairs, write_pairs
+    from protocol.data.pair_generator import generate_pairs, write_pairs
 
     with stage_run("pairs", cfg) as logger:
         processed = _load_meta(cfg.prepared)
         logger.set_tags({"dataset.fingerprint": processed.fingerprint})
         groups = read_groups_json(resolve_input(cfg.groups, "groups"))
         negatives = pd.read_parquet(resolve_input(cfg.hard_negatives, "hard_negatives"))
-        mix = PairMix(**{name: getattr(cfg, name) for name in cfg.mix_fields()})
-        pairs, stats = generate_pairs(processed.meta, groups, negatives, mix=mix, n_pairs=cfg.n_pairs,
+        pairs, stats = generate_pairs(processed.meta, groups, negatives, mix=cfg.mix(), n_pairs=cfg.n_pairs,
                                       seed=cfg.seed, min_group_confidence=cfg.min_group_confidence)
         out = Path(cfg.output_dir)
         paths = write_pairs(pairs, stats, out)
