@@ -37,7 +37,7 @@ class PipelineConfig:
     input: str = ""
     image_dir: str = ""
     mapping: str = ""
-    n_products: int = 600
+    n_products: int = PrepareConfig.n_products
     image_size: int = 224
     seed: int = 0
     model: str = "ViT-B-32"
