@@ -12,6 +12,11 @@ compressed adjacency lists (CSR) over dataset rows:
 
 Only train-split items take part (a pair or negative touching another split would leak
 validation items into training). The loop never touches pandas.
+
+Per epoch, `draw_epoch` makes every step's partner and negative draws at once (the same
+draws, from the same RNG stream, as `draw_batch` step by step); per step, `StepPlanner`
+turns them into what the losses consume (rows, precomputed InfoNCE targets, labels), in
+numpy, so the step itself runs only the tensor ops that carry gradients.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 
 from protocol.data.hard_negatives import known_mask, product_codes
 from protocol.data.schema import require_columns
-from protocol.model.losses import IGNORE_INDEX
+from protocol.model.losses import IGNORE_INDEX, SoftTargets
 from protocol.model.protocol_model import ATTRIBUTE_HEADS
 
 logger = logging.getLogger(__name__)
@@ -60,9 +65,13 @@ class Csr:
 
     def sample(self, rows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
         """[len(rows), k] random members (with replacement) of each row's list; -1 where it is empty."""
+        return self.pick(rows, rng.random((len(rows), k)))
+
+    def pick(self, rows: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+        """`sample` with its uniform [0, 1) draws [len(rows), k] given."""
         start, count = self.ptr[rows], self.counts(rows)
-        pick = (rng.random((len(rows), k)) * count[:, None]).astype(np.int64)
-        out = np.full((len(rows), k), -1, dtype=np.int64)
+        pick = (uniform * count[:, None]).astype(np.int64)
+        out = np.full(uniform.shape, -1, dtype=np.int64)
         has = np.broadcast_to(count[:, None] > 0, out.shape)
         out[has] = self.idx[(start[:, None] + pick)[has]]
         return out
@@ -192,6 +201,109 @@ def draw_batch(anchors: np.ndarray, data: TrainingData, n_partners: int, n_negat
     )
 
 
+@dataclass
+class EpochDraws:
+    """Every step's draws of an epoch: row i is what `draw_batch` draws at step i."""
+
+    partners: np.ndarray  # [S, B] the partner of each anchor, -1 where it has none
+    negatives: np.ndarray  # [S, B * n_negatives] hard negatives, anchor by anchor, -1 where there are none
+
+
+def draw_epoch(anchors: np.ndarray, data: TrainingData, n_partners: int, n_negatives: int,
+               rng: np.random.Generator) -> EpochDraws:
+    """The draws of `draw_batch` for each row of anchors [S, B], in one go, from the same RNG stream.
+
+    Step by step, `draw_batch` takes B * n_partners then B * n_negatives uniforms; one
+    [S, B * (n_partners + n_negatives)] block holds the same numbers in the same order.
+    """
+    steps, size = anchors.shape
+    uniform = rng.random((steps, size * (n_partners + n_negatives)))
+    flat = anchors.reshape(-1)
+    if n_partners:
+        draws = uniform[:, : size * n_partners].reshape(steps * size, n_partners)
+        partners = data.partners.pick(flat, draws)[:, 0].reshape(steps, size)
+    else:
+        partners = np.full((steps, size), -1, dtype=np.int64)
+    if n_negatives:
+        draws = uniform[:, size * n_partners:].reshape(steps * size, n_negatives)
+        negatives = data.negatives.pick(flat, draws).reshape(steps, size * n_negatives)
+    else:
+        negatives = np.zeros((steps, 0), dtype=np.int64)
+    return EpochDraws(partners, negatives)
+
+
+@dataclass
+class StepPlan:
+    """Everything a step needs besides the weights, built in numpy from the step's draws."""
+
+    anchors: torch.Tensor  # [B] rows
+    partners: torch.Tensor  # [P] rows, one per anchor that has one
+    extra_rows: torch.Tensor  # [P + M] rows of the extra image columns: partners, then negatives
+    t2i: SoftTargets  # text -> [batch images | extra columns]: same product, own image, own partner
+    i2t: SoftTargets  # image -> batch texts
+    fusion: SoftTargets | None  # text -> fused [batch | partners], own item left out; None without the term
+    fusion_exclude: torch.Tensor | None  # [B, B + P] each query's own item among the fused candidates
+    labels: dict[str, torch.Tensor]  # attribute -> [B] class index or IGNORE_INDEX
+    label_arrays: dict[str, np.ndarray]  # the same, in numpy
+    known: dict[str, int]  # attribute -> number of known labels in the batch
+    bank_extra: torch.Tensor | None  # embedding-bank positions of extra_rows (None without a bank)
+    bank_partners: torch.Tensor | None  # embedding-bank positions of partners
+
+    @property
+    def n_partners(self) -> int:
+        return len(self.partners)
+
+
+class StepPlanner:
+    """Draws of one step -> `StepPlan`: the masks of `positive_mask`, as InfoNCE targets, in numpy."""
+
+    def __init__(self, data: TrainingData, *, group_positives: bool, fusion: bool,
+                 bank: "EmbeddingBank | None" = None):
+        self.groups = data.groups.numpy() if group_positives else None
+        self.labels = {k: v.numpy() for k, v in data.labels.items()}
+        self.fusion = fusion
+        self.bank_position = None if bank is None else bank.position.numpy()
+
+    def plan(self, anchors: np.ndarray, partner_draw: np.ndarray, negative_draw: np.ndarray) -> StepPlan:
+        has_partner = np.flatnonzero(partner_draw >= 0)
+        partners = partner_draw[has_partner]
+        negatives = negative_draw[negative_draw >= 0]
+        size, n_partners = len(anchors), len(partners)
+        columns = np.concatenate([anchors, partners, negatives])
+        # positive_mask(anchors, columns[, groups]): same item, or same product group.
+        positives = anchors[:, None] == columns[None, :]
+        if self.groups is not None:
+            groups = self.groups
+            positives |= groups[anchors][:, None] == groups[columns][None, :]
+        # A partner is a positive of its own anchor (pairs.parquet), whatever its product.
+        positives[has_partner, size + np.arange(n_partners)] = True
+        fusion = fusion_exclude = None
+        if self.fusion and n_partners:
+            n = size + n_partners
+            own = anchors[:, None] == columns[None, :n]
+            fusion = SoftTargets.from_mask(positives[:, :n] & ~own)
+            fusion_exclude = torch.from_numpy(own)
+        labels = {k: v[anchors] for k, v in self.labels.items()}
+        bank_extra = bank_partners = None
+        if self.bank_position is not None:
+            bank_extra = torch.from_numpy(self.bank_position[columns[size:]])
+            bank_partners = torch.from_numpy(self.bank_position[partners])
+        return StepPlan(
+            anchors=torch.from_numpy(np.ascontiguousarray(anchors)),
+            partners=torch.from_numpy(partners),
+            extra_rows=torch.from_numpy(columns[size:]),
+            t2i=SoftTargets.from_mask(positives),
+            i2t=SoftTargets.from_mask(positives[:, :size].T),
+            fusion=fusion,
+            fusion_exclude=fusion_exclude,
+            labels={k: torch.from_numpy(v) for k, v in labels.items()},
+            label_arrays=labels,
+            known={k: int(np.count_nonzero(v != IGNORE_INDEX)) for k, v in labels.items()},
+            bank_extra=bank_extra,
+            bank_partners=bank_partners,
+        )
+
+
 class EmbeddingBank:
     """Head embeddings of the train rows, refreshed every `refresh_every` steps, for extra columns.
 
@@ -208,6 +320,9 @@ class EmbeddingBank:
         self.data, self.refresh_every, self.with_text = data, refresh_every, with_text
         self.position = torch.full((len(data.image),), -1, dtype=torch.long)
         self.position[torch.from_numpy(data.train_rows)] = torch.arange(len(data.train_rows))
+        rows = data.train_rows
+        self._image_feats = data.image[rows].numpy()  # gathered once, not at every refresh
+        self._text_feats = data.text[rows].numpy() if with_text else None
         self.image: torch.Tensor | None = None
         self.text: torch.Tensor | None = None
 
@@ -216,15 +331,20 @@ class EmbeddingBank:
         return step_in_epoch % self.refresh_every == 0
 
     def refresh(self, heads) -> None:
-        rows = self.data.train_rows
-        image, text = heads.embed_numpy(self.data.image[rows].numpy(),
-                                        self.data.text[rows].numpy() if self.with_text else None)
+        image, text = heads.embed_numpy(self._image_feats, self._text_feats)
         self.image = torch.from_numpy(image)
         self.text = None if text is None else torch.from_numpy(text)
 
     def lookup(self, image_rows: torch.Tensor, text_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         image = self.image[self.position[image_rows]]
         text = self.text[self.position[text_rows]] if self.with_text else None
+        return image, text
+
+    def take(self, image_positions: torch.Tensor,
+             text_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`lookup` by bank positions (`position[rows]`, precomputed)."""
+        image = self.image.index_select(0, image_positions)
+        text = self.text.index_select(0, text_positions) if self.with_text else None
         return image, text
 
 

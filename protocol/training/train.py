@@ -37,10 +37,14 @@ from tqdm.auto import tqdm
 from protocol.events import NullLogger, RunLogger
 from protocol.io import atomic_path, write_json
 from protocol.model.backbone import check_fingerprint
-from protocol.model.losses import attribute_loss, combined_loss, contrastive_loss, fusion_loss, positive_mask
+from protocol.model.losses import (
+    attribute_accuracy, attribute_loss, combined_loss, contrastive_loss_targets, fusion_loss_targets,
+)
 from protocol.model.protocol_model import HeadsConfig, ProtocolHeads
 from protocol.model.sampler import BalancedBatchSampler
-from protocol.training.batches import Batch, EmbeddingBank, TrainingData, build_training_data, draw_batch
+from protocol.training.batches import (
+    EmbeddingBank, StepPlan, StepPlanner, TrainingData, build_training_data, draw_epoch,
+)
 from protocol.training.checkpoint import (
     capture_rng_state, checkpoint_dir, epoch_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint,
 )
@@ -136,6 +140,10 @@ class _Trainer:
         self.use_fusion_term = cfg.learn_fusion and cfg.w_fusion > 0 and self.n_partners > 0
         self.bank = (EmbeddingBank(self.data, cfg.bank_refresh_steps, with_text=self.use_fusion_term)
                      if cfg.bank_refresh_steps > 0 and (self.n_partners or self.n_negatives) else None)
+        self.planner = StepPlanner(self.data, group_positives=cfg.use_group_positives, fusion=self.use_fusion_term,
+                                   bank=self.bank)
+        self.head_weights = cfg.head_weights()
+        self.params: list[torch.nn.Parameter] = []  # the heads' parameters, in order (set by run)
         self.log_records: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
 
@@ -183,6 +191,7 @@ class _Trainer:
         if resume is not None:
             state = self._load_resume_state(resume)
             heads = ProtocolHeads.from_checkpoint(state)
+        self.params = list(heads.parameters())
         optimizer = self._optimizer(heads)
         scheduler = self._scheduler(optimizer)
         if resume is not None:
@@ -268,93 +277,95 @@ class _Trainer:
         return val
 
     def _train_steps(self, epoch, heads, optimizer, scheduler, progress: _Progress):
-        """The epoch's optimizer steps -> (mean of each loss part, anchors [steps, B], seconds)."""
-        cfg = self.cfg
+        """The epoch's optimizer steps -> (mean of each loss part, anchors [steps, B], seconds).
+
+        The epoch's batches and draws are made up front (the same ones, from the same RNG
+        streams, as one step at a time); each step keeps its loss parts as tensors, turned
+        into floats only on logging steps and once at the end of the epoch.
+        """
+        cfg, sampler = self.cfg, self.sampler
         rng = np.random.default_rng([cfg.seed, epoch, STEP_RNG_STREAM])
-        sums: dict[str, float] = {}
-        anchors_seen = []
+        first = sampler.position  # steps of this epoch done before (a resumed epoch starts at 0)
+        batches = sampler.epoch_batches(sampler.epoch)[first:]
+        draws = draw_epoch(batches, self.data, self.n_partners, self.n_negatives, rng)
+        records: list[_StepRecord] = []
         started = time.perf_counter()
-        with tqdm(total=self.steps_per_epoch * cfg.batch_size, initial=self.sampler.position * cfg.batch_size,
+        with tqdm(total=self.steps_per_epoch * cfg.batch_size, initial=first * cfg.batch_size,
                   unit="pair", desc=f"epoch {epoch}/{cfg.epochs}", leave=False) as bar:
-            for step_in_epoch, anchors in enumerate(self.sampler, start=self.sampler.position + 1):
+            for i, anchors in enumerate(sampler):
+                step_in_epoch = first + i + 1
                 if self.bank is not None and self.bank.due(step_in_epoch - 1):
                     self.bank.refresh(heads)
-                batch = draw_batch(anchors, self.data, self.n_partners, self.n_negatives, rng)
-                where = (epoch, step_in_epoch, progress.step + 1)
-                values = self._step(heads, optimizer, scheduler, batch, where)
+                plan = self.planner.plan(anchors, draws.partners[i], draws.negatives[i])
+                record = self._step(heads, optimizer, scheduler, plan, (epoch, step_in_epoch, progress.step + 1))
                 progress.step += 1
-                anchors_seen.append(anchors)
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                records.append(record)
                 if progress.step % cfg.log_every == 0:
-                    self._log_step(epoch, progress.step, values, heads, scheduler)
+                    self._log_step(epoch, progress.step, _StepRecord.floats_of([record])[0], heads, scheduler)
                 bar.update(len(anchors))
-        n_steps = max(1, len(anchors_seen))
-        return {k: v / n_steps for k, v in sums.items()}, np.stack(anchors_seen), time.perf_counter() - started
+        means = _epoch_means(records)
+        return means, batches[: len(records)], time.perf_counter() - started
 
     # ----------------------------------------------------------------------------- one step
 
-    def _step(self, heads, optimizer, scheduler, batch: Batch, where: tuple[int, int, int]) -> dict[str, float]:
+    def _step(self, heads, optimizer, scheduler, plan: StepPlan, where: tuple[int, int, int]) -> "_StepRecord":
         """One optimizer step; raises TrainingDivergedError before touching a weight if anything is non-finite."""
-        loss, parts = self._loss(heads, batch)
-        _check_finite(loss, parts, where, self.last_checkpoint)
+        loss, record = self._loss(heads, plan)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        # With clipping off the norm is still computed (max_norm=inf), to catch non-finite gradients.
-        norm = torch.nn.utils.clip_grad_norm_(heads.parameters(), self.cfg.grad_clip or math.inf, foreach=True)
-        _check_finite(norm, {"grad_norm": norm}, where, self.last_checkpoint)
+        # The global grad norm is computed with clipping off too, to catch non-finite gradients.
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = grad_norm(grads)
+        # A non-finite loss part makes the loss non-finite: one host read checks them all.
+        if not math.isfinite(loss.item()):
+            raise _diverged(record.parts(), where, self.last_checkpoint)
+        if not math.isfinite(norm.item()):
+            raise _diverged({"grad_norm": norm.item()}, where, self.last_checkpoint)
+        if self.cfg.grad_clip > 0:
+            clip_grads_(grads, norm, self.cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-        return {k: float(v) for k, v in parts.items()}
+        return record
 
-    def _loss(self, heads: ProtocolHeads, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cfg, data, a = self.cfg, self.data, batch.anchors
-        image_emb, attr_logits = heads.forward_image(data.image[a])
-        text_emb = heads.forward_text(data.text[a])
-        extra_rows = torch.cat([batch.partners, batch.negatives])  # partners first
-        extra_image, partner_text = self._lookup(heads, extra_rows, batch.partners)
-        positives = self._positives(a, a)
-        extra_positives = self._positives(a, extra_rows)
-        # A partner is a positive of its own anchor (pairs.parquet), whatever its product.
-        extra_positives[batch.partner_of, torch.arange(len(batch.partners))] = True
+    def _loss(self, heads: ProtocolHeads, plan: StepPlan) -> tuple[torch.Tensor, "_StepRecord"]:
+        cfg, data, a = self.cfg, self.data, plan.anchors
+        image_emb, attr_logits = heads.forward_image(data.image.index_select(0, a))
+        text_emb = heads.forward_text(data.text.index_select(0, a))
+        extra_image, partner_text = self._lookup(heads, plan)  # partners first
 
-        contrastive, parts = contrastive_loss(text_emb, image_emb, heads.scale(), positives,
-                                              extra_image, extra_positives)
+        contrastive, parts = contrastive_loss_targets(text_emb, image_emb, heads.scale(), plan.t2i, plan.i2t,
+                                                      extra_image)
         parts["contrastive"] = contrastive.detach()
-        attribute = None
+        attribute, accuracy = None, ()
         if attr_logits:
-            attribute, attr_parts = attribute_loss(attr_logits, {k: data.labels[k][a] for k in attr_logits},
-                                                   cfg.head_weights())
+            attribute, attr_parts = attribute_loss(attr_logits, plan.labels, self.head_weights,
+                                                   known_counts=plan.known, accuracy=False)
             parts.update(attr_parts, attribute=attribute.detach())
+            # acc.<head> parts: from these logits, in numpy, once per epoch (or when logged).
+            accuracy = tuple((name, logits.detach(), plan.label_arrays[name])
+                             for name, logits in attr_logits.items() if plan.known[name])
         fusion = None
-        if self.use_fusion_term and len(batch.partners):
+        if self.use_fusion_term and plan.n_partners:
             # Candidates: the batch items and the partners, fused; each query's own item is left out.
-            n = len(batch.partners)
-            fusion = fusion_loss(
+            n = plan.n_partners
+            fusion = fusion_loss_targets(
                 text_emb, torch.cat([image_emb, extra_image[:n]]), torch.cat([text_emb, partner_text]),
-                heads.fusion(), heads.scale(), torch.cat([positives, extra_positives[:, :n]], dim=1),
-                positive_mask(a, torch.cat([a, batch.partners])),
+                heads.fusion(), heads.scale(), plan.fusion, plan.fusion_exclude,
             )
             parts["fusion"] = fusion.detach()
         loss = combined_loss(contrastive, attribute, fusion, w_contrastive=cfg.w_contrastive,
                              w_attribute=cfg.w_attribute, w_fusion=cfg.w_fusion)
         parts["loss"] = loss.detach()
-        return loss, parts
+        return loss, _StepRecord(tuple(parts), torch.stack(list(parts.values())), accuracy)
 
-    def _positives(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        if not self.cfg.use_group_positives:
-            return positive_mask(rows, cols)
-        groups = self.data.groups
-        return positive_mask(rows, cols, groups[rows], groups[cols])
-
-    def _lookup(self, heads: ProtocolHeads, image_rows: torch.Tensor, text_rows: torch.Tensor):
+    def _lookup(self, heads: ProtocolHeads, plan: StepPlan):
         """Image (and partner text) embeddings of extra columns: no gradient, no dropout, like a catalog."""
         if self.bank is not None:
-            return self.bank.lookup(image_rows, text_rows)
+            return self.bank.take(plan.bank_extra, plan.bank_partners)
         heads.eval()
         with torch.no_grad():
-            image = heads.forward_image(self.data.image[image_rows])[0]
-            text = heads.forward_text(self.data.text[text_rows]) if self.use_fusion_term else None
+            image = heads.forward_image(self.data.image[plan.extra_rows])[0]
+            text = heads.forward_text(self.data.text[plan.partners]) if self.use_fusion_term else None
         heads.train()
         return image, text
 
@@ -468,13 +479,74 @@ def _override_lr(scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float) -> Non
         group["lr"] = lr * factor(scheduler.last_epoch)
 
 
-def _check_finite(value: torch.Tensor, parts: dict[str, torch.Tensor], where: tuple[int, int, int],
-                  last_checkpoint: Path | None) -> None:
-    if bool(torch.isfinite(value)):
-        return
+def grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The global 2-norm of `clip_grad_norm_(..., foreach=True)`, bit for bit (norms of each, then of those)."""
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+
+
+def clip_grads_(grads: list[torch.Tensor], norm: torch.Tensor, max_norm: float) -> None:
+    """What `clip_grad_norm_` does to the gradients given their `grad_norm`: scale them by
+    min(1, max_norm / (norm + 1e-6)); skipped where that is 1, since multiplying by 1 changes nothing."""
+    coef = max_norm / (norm + 1e-6)
+    if coef.item() < 1.0:
+        torch._foreach_mul_(grads, coef)
+
+
+class _StepRecord:
+    """One step's loss parts as one tensor, and what its "acc.<head>" parts are computed from."""
+
+    __slots__ = ("names", "values", "accuracy")
+
+    def __init__(self, names: tuple[str, ...], values: torch.Tensor, accuracy: tuple):
+        self.names = names  # part names, in the order the loss makes them, without the acc.<head> parts
+        self.values = values  # [len(names)] detached
+        self.accuracy = accuracy  # (head, logits [B, C] detached, labels [B]) of heads with a known label
+
+    def parts(self) -> dict[str, float]:
+        """The parts without acc.<head>."""
+        return dict(zip(self.names, self.values.tolist()))
+
+    @staticmethod
+    def floats_of(records: list["_StepRecord"]) -> list[dict[str, float]]:
+        """Every record's parts as floats, acc.<head> after attr.<head> (the order attribute_loss gives)."""
+        accuracy: dict[str, dict[int, float]] = {}
+        by_head: dict[str, list[tuple[int, torch.Tensor, np.ndarray]]] = {}
+        for i, record in enumerate(records):
+            for name, logits, labels in record.accuracy:
+                by_head.setdefault(name, []).append((i, logits, labels))
+        for name, entries in by_head.items():
+            acc = attribute_accuracy(np.stack([logits.numpy() for _, logits, _ in entries]),
+                                     np.stack([labels for _, _, labels in entries]))
+            accuracy[name] = dict(zip((i for i, _, _ in entries), acc.tolist()))
+        out = []
+        for i, record in enumerate(records):
+            values = {}
+            for name, value in zip(record.names, record.values.tolist()):
+                values[name] = value
+                if name.startswith("attr."):
+                    head = name[len("attr."):]
+                    values[f"acc.{head}"] = accuracy[head][i]
+            out.append(values)
+        return out
+
+
+def _epoch_means(records: list[_StepRecord]) -> dict[str, float]:
+    """Mean of each part over the epoch's steps (a part missing from a step counts 0 there), summed in step order."""
+    sums: dict[str, float] = {}
+    for values in _StepRecord.floats_of(records):
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+    n_steps = max(1, len(records))
+    return {k: v / n_steps for k, v in sums.items()}
+
+
+def _diverged(bad: dict[str, float], where: tuple[int, int, int],
+              last_checkpoint: Path | None) -> TrainingDivergedError:
     epoch, step_in_epoch, global_step = where
-    bad = {k: float(v) for k, v in parts.items() if v.numel() == 1 and not math.isfinite(float(v))}
-    raise TrainingDivergedError(
+    bad = {k: v for k, v in bad.items() if not math.isfinite(v)}
+    return TrainingDivergedError(
         f"non-finite training value at epoch {epoch}, step {step_in_epoch} of the epoch (global step "
         f"{global_step}): {bad}. The weights were not updated with it; the last good checkpoint is "
         f"{last_checkpoint or 'none (no checkpoint written yet)'}. Lower lr, or check the features for "

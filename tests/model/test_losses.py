@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from protocol.model.losses import (
-    IGNORE_INDEX, attribute_loss, combined_loss, contrastive_loss, fused, fusion_loss, info_nce, positive_mask,
+    IGNORE_INDEX, SoftTargets, attribute_accuracy, attribute_loss, combined_loss, contrastive_loss,
+    contrastive_loss_targets, fused, fusion_loss, fusion_loss_targets, info_nce, info_nce_targets, positive_mask,
 )
 
 
@@ -163,3 +165,113 @@ def test_combined_loss_is_the_weighted_sum():
     c, a, f = torch.tensor(2.0), torch.tensor(3.0), torch.tensor(5.0)
     assert float(combined_loss(c, a, f, w_contrastive=1.0, w_attribute=0.3, w_fusion=0.1)) == pytest.approx(3.4)
     assert float(combined_loss(c, None, None, w_contrastive=0.5, w_attribute=0.3, w_fusion=0.1)) == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- precomputed targets
+# The training loop builds its masks in numpy and passes SoftTargets; the losses it gets must be
+# those of the mask versions bit for bit, values and gradients alike.
+
+
+def random_case(seed: int, rows: int = 6, cols: int = 9, dim: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.nn.functional.normalize(torch.randn(rows, dim, generator=g), dim=1).requires_grad_(True)
+    c = torch.nn.functional.normalize(torch.randn(cols, dim, generator=g), dim=1).requires_grad_(True)
+    positives = torch.rand(rows, cols, generator=g) < 0.3
+    exclude = torch.rand(rows, cols, generator=g) < 0.2
+    return q, c, positives, exclude
+
+
+def loss_and_grads(loss, *tensors):
+    grads = torch.autograd.grad(loss, tensors)
+    return [loss.detach(), *grads]
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("with_exclude", [False, True])
+def test_info_nce_with_precomputed_targets_is_info_nce_bit_for_bit(seed, with_exclude):
+    q, c, positives, exclude = random_case(seed)
+    positives[0] = False  # a row without any positive is skipped by both
+    exclude = exclude if with_exclude else None
+    scale = torch.tensor(3.0, requires_grad=True)
+    reference = loss_and_grads(info_nce(q, c, positives, scale, exclude=exclude), q, c, scale)
+    mask = positives.numpy() if exclude is None else (positives & ~exclude).numpy()
+    targets = SoftTargets.from_mask(mask)
+    got = loss_and_grads(info_nce_targets(q, c, targets, scale, exclude=exclude), q, c, scale)
+    for a, b in zip(reference, got):
+        assert torch.equal(a, b)
+
+
+def test_soft_targets_without_any_positive_give_zero_and_all_rows_kept_gives_no_row_index():
+    q, c, _, _ = random_case(0)
+    none = SoftTargets.from_mask(np.zeros((6, 9), dtype=bool))
+    assert none.targets is None and none.rows is None
+    loss = info_nce_targets(q, c, none, 1.0)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert q.grad is not None
+    full = SoftTargets.from_mask(np.eye(6, 9, dtype=bool))
+    assert full.rows is None and torch.equal(full.targets, torch.eye(6, 9))
+    some = SoftTargets.from_mask(np.array([[True, True, False], [False, False, False], [False, False, True]]))
+    assert some.rows.tolist() == [0, 2]
+    assert some.targets.tolist() == [[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_contrastive_and_fusion_losses_with_targets_match_the_mask_versions_bit_for_bit(seed):
+    g = torch.Generator().manual_seed(seed)
+    unit_rows = lambda n: torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=1)  # noqa: E731
+    text, image, extra = unit_rows(5).requires_grad_(True), unit_rows(5).requires_grad_(True), unit_rows(3)
+    positives = (torch.rand(5, 5, generator=g) < 0.3) | torch.eye(5, dtype=torch.bool)
+    extra_positives = torch.rand(5, 3, generator=g) < 0.3
+    scale = torch.tensor(2.0, requires_grad=True)
+    ref, ref_parts = contrastive_loss(text, image, scale, positives, extra, extra_positives)
+    got, parts = contrastive_loss_targets(
+        text, image, scale, SoftTargets.from_mask(torch.cat([positives, extra_positives], dim=1).numpy()),
+        SoftTargets.from_mask(positives.T.numpy()), extra,
+    )
+    assert parts.keys() == ref_parts.keys() and all(torch.equal(parts[k], ref_parts[k]) for k in parts)
+    for a, b in zip(loss_and_grads(ref, text, image, scale), loss_and_grads(got, text, image, scale)):
+        assert torch.equal(a, b)
+
+    w = torch.tensor(0.4, requires_grad=True)
+    cand_image, cand_text = torch.cat([image, extra[:2]]), torch.cat([text, unit_rows(2)])
+    fusion_positives = torch.cat([positives, extra_positives[:, :2]], dim=1)
+    self_mask = torch.eye(5, 7, dtype=torch.bool)
+    ref = fusion_loss(text, cand_image, cand_text, w, scale, fusion_positives, self_mask)
+    got = fusion_loss_targets(text, cand_image, cand_text, w, scale,
+                              SoftTargets.from_mask((fusion_positives & ~self_mask).numpy()), self_mask)
+    for a, b in zip(loss_and_grads(ref, text, image, w, scale), loss_and_grads(got, text, image, w, scale)):
+        assert torch.equal(a, b)
+
+
+def test_attribute_loss_with_known_counts_is_the_same_and_can_leave_accuracy_out():
+    g = torch.Generator().manual_seed(0)
+    logits = {name: torch.randn(6, n, generator=g, requires_grad=True)
+              for name, n in (("material", 3), ("neckline", 4), ("sleeve", 2))}
+    labels = {"material": torch.tensor([0, 2, IGNORE_INDEX, 1, 1, 0]),
+              "neckline": torch.tensor([IGNORE_INDEX, 3, IGNORE_INDEX, IGNORE_INDEX, 0, IGNORE_INDEX]),
+              "sleeve": torch.full((6,), IGNORE_INDEX)}
+    known = {name: int((v != IGNORE_INDEX).sum()) for name, v in labels.items()}
+    ref, ref_parts = attribute_loss(logits, labels, {"neckline": 2.0})
+    got, parts = attribute_loss(logits, labels, {"neckline": 2.0}, known_counts=known, accuracy=False)
+    assert torch.equal(ref, got)
+    assert list(parts) == ["attr.material", "attr.neckline"]
+    assert all(torch.equal(parts[k], ref_parts[k]) for k in parts)
+    with_acc = attribute_loss(logits, labels, {"neckline": 2.0}, known_counts=known)[1]
+    assert with_acc.keys() == ref_parts.keys() and all(torch.equal(with_acc[k], ref_parts[k]) for k in with_acc)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_attribute_accuracy_is_the_acc_part_bit_for_bit(seed):
+    rng = np.random.default_rng(seed)
+    steps, batch, classes = 7, int(rng.integers(1, 300)), 5
+    logits = rng.normal(size=(steps, batch, classes)).astype(np.float32)
+    labels = rng.integers(0, classes, size=(steps, batch))
+    labels[rng.random((steps, batch)) < 0.4] = IGNORE_INDEX
+    labels[:, 0] = 1  # every batch has a known label, as the training loop guarantees
+    got = attribute_accuracy(logits, labels)
+    assert got.dtype == np.float32
+    for s in range(steps):
+        _, parts = attribute_loss({"material": torch.from_numpy(logits[s])},
+                                  {"material": torch.from_numpy(labels[s])}, {})
+        assert float(got[s]) == float(parts["acc.material"])

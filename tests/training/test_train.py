@@ -21,7 +21,7 @@ from protocol.model.protocol_model import ProtocolHeads
 from protocol.training.checkpoint import load_checkpoint
 from protocol.training.config import TrainConfig
 from protocol.training.synthetic import synthetic_training_set
-from protocol.training.train import TrainingDivergedError, train
+from protocol.training.train import TrainingDivergedError, clip_grads_, grad_norm, train
 
 CFG = TrainConfig(epochs=3, batch_size=32, lr=1e-3, warmup_fraction=0.1, num_threads=1, log_every=10,
                   val_max_queries=500)
@@ -222,3 +222,45 @@ def test_bad_inputs_are_named(data, tmp_path):
 def test_config_rejects_bad_values_naming_the_field(field, value, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**{field: value})
+
+
+def test_epoch_means_are_the_means_of_the_logged_step_values(data, tmp_path):
+    # Step parts stay tensors until logged or averaged: the epoch means must still be the plain
+    # means of every step's values (acc.<head> included), summed in step order.
+    cfg = dataclasses.replace(CFG, epochs=1, log_every=1)
+    recorder = RecordingLogger()
+    result = train(cfg, data.features, data.meta, data.pairs, data.hard_negatives, tmp_path, logger=recorder)
+    steps = [m for _, m in recorder.metrics if "train.loss" in m]
+    assert len(steps) == result.history[0]["step"]
+    means = result.history[0]["train"]
+    assert {"loss", "t2i", "i2t", "contrastive", "attribute", "fusion", "acc.neckline", "attr.neckline"} <= set(means)
+    for name, mean in means.items():
+        total = 0.0
+        for values in steps:
+            total += values.get(f"train.{name}", 0.0)
+        assert mean == total / len(steps), name
+    for values in steps:
+        for name, value in values.items():
+            if name.startswith("train.acc."):
+                assert 0.0 <= value <= 1.0
+        assert list(values)[:3] == ["train.t2i", "train.i2t", "train.contrastive"]
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 0.5, 1e6])
+def test_grad_norm_and_clipping_are_clip_grad_norm_bit_for_bit(max_norm):
+    g = torch.Generator().manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(shape, generator=g)) for shape in ((7, 5), (5,), (3, 7), ())]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)
+    reference = [p.grad.clone() for p in params]
+    mirror = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for m, r in zip(mirror, reference):
+        m.grad = r.clone()
+    expected_norm = torch.nn.utils.clip_grad_norm_(mirror, max_norm, foreach=True)
+    grads = [p.grad for p in params]
+    norm = grad_norm(grads)
+    assert torch.equal(norm, expected_norm)
+    clip_grads_(grads, norm, max_norm)
+    for p, m in zip(params, mirror):
+        assert torch.equal(p.grad, m.grad)
+    assert (max_norm < float(norm)) == (not torch.equal(params[0].grad, reference[0]))
