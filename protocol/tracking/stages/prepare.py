@@ -25,7 +25,7 @@ class PrepareConfig:
     image_dir: str = field(default="", metadata={"help": "image folder for source=table"})
     mapping: str = field(default="", metadata={"help": "column mapping: preset (hm, kaggle_fashion) or YAML path"})
     hf_split: str = field(default="", metadata={"help": "split to load for source=hf (hub datasets)"})
-    n_products: int = field(default=500, metadata={"help": "synthetic catalog size in products (1-3 images each)"})
+    n_products: int = field(default=600, metadata={"help": "synthetic catalog size in products (1-3 images each)"})
     image_size: int = field(default=224, metadata={"help": "synthetic image size in pixels"})
     seed: int = field(default=0, metadata={"help": "seed for generation and splits"})
     val_fraction: float = 0.1

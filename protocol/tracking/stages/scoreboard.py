@@ -75,6 +75,5 @@ def run_scoreboard(cfg: ScoreboardConfig) -> dict:
                                              "not better than the current champion on " + spec.primary_metric
                                              if cfg.promote else "promotion disabled") + ")")
         print(table + "\n" + verdict, flush=True)
-        log.info(verdict)
         return {"run_id": logger.run_id, "passed": board.passed, "promoted": promoted, "table": table,
                 "verdict": verdict}
