@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol.tracking import registry
 from protocol.tracking.runs import stage_run
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
