@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from PIL import Image  # noqa: E402
+
+from protocol.data.images import load_image  # noqa: E402
 
 DISTRIBUTION_COLUMNS = ("category2", "material", "neckline", "pattern", "sleeve")
 
@@ -23,17 +22,6 @@ def distribution_tables(meta: pd.DataFrame, columns=DISTRIBUTION_COLUMNS) -> dic
         counts["share"] = (counts["total"] / len(meta)).round(4)
         tables[col] = counts.sort_values("total", ascending=False).reset_index().rename(columns={col: "value"})
     return tables
-
-
-def load_image(image) -> Image.Image:
-    """A PIL image from a datasets.Image cell (decoded image or {bytes, path})."""
-    if isinstance(image, Image.Image):
-        return image
-    if isinstance(image, dict):
-        if image.get("bytes"):
-            return Image.open(io.BytesIO(image["bytes"]))
-        return Image.open(image["path"])
-    return Image.open(io.BytesIO(image))
 
 
 def sample_grid(dataset, meta: pd.DataFrame, n: int = 16, seed: int = 0, cols: int = 4):

@@ -13,7 +13,6 @@ softmax temperature are learnable scalars.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from protocol.data.images import load_image
 
 ATTRIBUTE_HEADS = ("material", "pattern", "neckline", "sleeve")
 HEAD_KINDS = ("mlp", "linear", "identity")
@@ -224,20 +225,3 @@ class ProtocolModel:
 
 def _concat(chunks: list[np.ndarray], dim: int) -> np.ndarray:
     return np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
-
-
-def load_image(image: Image.Image | bytes | bytearray | str | Path | dict) -> Image.Image:
-    """A PIL image (RGB) from a PIL image, encoded bytes, a file path, or a datasets Image dict."""
-    if isinstance(image, dict):  # datasets.Image storage form {"bytes": ..., "path": ...}
-        image = image.get("bytes") or image.get("path")
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, (bytes, bytearray)):
-        return Image.open(io.BytesIO(image)).convert("RGB")
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file {path} does not exist")
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    raise TypeError(f"an image must be a PIL image, encoded bytes or a file path, got {type(image).__name__}")

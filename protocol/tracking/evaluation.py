@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from protocol.data.figures import load_image
+from protocol.data.images import load_image
 from protocol.events import RunLogger
 
 log = logging.getLogger(__name__)
