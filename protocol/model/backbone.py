@@ -45,6 +45,7 @@ from open_clip.transformer import text_global_pool
 from PIL import Image
 
 from protocol.io import atomic_path
+from protocol.provenance import FingerprintMismatchError, check_fingerprint  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +64,6 @@ class BackboneSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class FingerprintMismatchError(ValueError):
-    """A cache, catalog or checkpoint was made with another backbone or dataset."""
-
-
-def check_fingerprint(expected: str, actual: str, what: str) -> None:
-    """Raise FingerprintMismatchError unless `actual == expected`; `what` names the artifact."""
-    if expected != actual:
-        raise FingerprintMismatchError(
-            f"{what} was made with fingerprint {actual}, but fingerprint {expected} was expected. "
-            "Mixing them would compare embeddings from different models or data: rebuild it with "
-            "the expected backbone/dataset (or point to the one made with it)."
-        )
 
 
 @dataclass

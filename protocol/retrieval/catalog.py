@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from protocol.io import atomic_path, read_json, write_json
+from protocol.provenance import check_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,4 @@ def _check_rows(where: Path, image: np.ndarray, text: np.ndarray, meta: pd.DataF
 
 
 def _check_backbone(expected: str, actual: str, where: Path) -> None:
-    # Imported here: backbone.py loads torch and open_clip, which reading a catalog does not need.
-    from protocol.model.backbone import check_fingerprint
-
     check_fingerprint(expected, actual, f"catalog {where} (backbone)")
