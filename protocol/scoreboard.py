@@ -71,6 +71,19 @@ class ScoreboardSpec:
     def rule_for(self, target: Target) -> str:
         return self.success_rule[target.group]
 
+    def focus_classes(self) -> dict[str, tuple[str, ...]]:
+        """attribute -> the values its per-value targets name (weak classes, rare materials), in spec order.
+
+        `t2i.category.p10.cardigans` names category `cardigans`: the sampler, the galleries and
+        the evaluation read the weak classes and rare materials from here, and only here.
+        """
+        focus: dict[str, list[str]] = {}
+        for t in self.targets:
+            attribute, value = _metric_attribute_value(t.metric)
+            if value is not None:
+                focus.setdefault(attribute, []).append(value)
+        return {a: tuple(v) for a, v in focus.items()}
+
 
 @dataclass(frozen=True)
 class TargetResult:
@@ -150,6 +163,19 @@ class Scoreboard:
 
 
 # ---------------------------------------------------------------- spec loading
+
+
+def focus_classes(path: str | Path | None = None) -> dict[str, tuple[str, ...]]:
+    """The weak classes and rare materials of the locked spec: {"category": ("cardigans", "shorts"), ...}."""
+    return load_targets(path).focus_classes()
+
+
+def _metric_attribute_value(metric: str) -> tuple[str | None, str | None]:
+    """("category", "cardigans") for "t2i.category.p10.cardigans"; (attribute, None) for an overall metric."""
+    parts = metric.split(".", 3)
+    if len(parts) < 3:
+        return None, None
+    return parts[1], (parts[3] if len(parts) == 4 else None)
 
 
 def load_targets(path: str | Path | None = None) -> ScoreboardSpec:

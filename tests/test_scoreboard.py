@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from protocol.scoreboard import (
+    DEFAULT_SPEC_PATH,
     MissingMetricError,
     ScoreboardSpecError,
     compute_scoreboard,
@@ -295,3 +297,15 @@ def test_spec_missing_or_not_yaml(tmp_path):
         load_targets(spec_file(tmp_path, "targets: [unclosed"))
     with pytest.raises(ScoreboardSpecError, match="`primary_metric` is missing"):
         load_targets(spec_file(tmp_path, GOOD_YAML.replace("primary_metric: t2i.neckline.p10\n", "")))
+
+
+def test_focus_classes_are_read_from_the_per_value_targets_of_the_spec(tmp_path):
+    from protocol.scoreboard import focus_classes
+
+    assert focus_classes() == {"category": ("cardigans", "shorts"), "material": ("denim", "leather")}
+    spec = yaml.safe_load(DEFAULT_SPEC_PATH.read_text())
+    spec["targets"] = [t for t in spec["targets"] if t["name"] == "neckline"]
+    spec["success_rule"] = {"headline": "meets_threshold"}
+    path = tmp_path / "headline_only.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert focus_classes(path) == {}
