@@ -20,7 +20,8 @@ from urllib.parse import urlparse
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Metric, Param
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 EXPERIMENT_NAME = "fashion-retrieval"
 REGISTERED_MODEL = "fashion-retrieval-protocol"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DIGEST_CHARS = 36  # the longest dataset digest MLflow stores
+DATASET_CONTEXTS = ("prepare", "training", "evaluation")
 
 
 def tracking_uri() -> str:
@@ -75,12 +78,35 @@ def config_params(cfg: Any) -> dict[str, str]:
     return {k: "" if v is None else str(v) for k, v in items.items()}
 
 
+LATEST_LINK = "latest"
+
+
+def run_output_dir(output_dir: str | Path, run_id: str) -> Path:
+    """`<output_dir>/<run_id>`: where one run writes its outputs, so no run overwrites another's."""
+    return Path(output_dir) / run_id
+
+
+def point_latest(output_dir: str | Path, run_dir: Path) -> Path:
+    """Point `<output_dir>/latest` at `run_dir` (a relative symlink, swapped in one rename).
+
+    Stage defaults read `<output_dir>/latest/...`, so stages run one by one by hand find the
+    newest finished outputs, while a registered version or a cached step keeps its own run's.
+    """
+    link = Path(output_dir) / LATEST_LINK
+    tmp = link.with_name(f".{LATEST_LINK}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(run_dir.name, tmp)
+    os.replace(tmp, link)
+    return link
+
+
 class MlflowLogger:
     """`protocol.events.RunLogger` that writes to one MLflow run."""
 
-    def __init__(self, run_id: str):
+    def __init__(self, run_id: str, output_dir: Path | None = None):
         self.run_id = run_id
         self.client = MlflowClient()
+        self.output_dir = output_dir  # this run's own output directory (stage_run's output_dir/<run_id>)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import time
@@ -117,10 +143,30 @@ class MlflowLogger:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
 
+    def log_dataset(self, processed, context: str) -> None:
+        """Record the processed dataset as an input of this run (the UI's Datasets column).
+
+        The digest is the dataset fingerprint, cut to the DIGEST_CHARS MLflow stores; the
+        whole fingerprint is the input's `fingerprint` tag. `context`: one of DATASET_CONTEXTS.
+        """
+        if context not in DATASET_CONTEXTS:
+            raise ValueError(f"dataset context must be one of {DATASET_CONTEXTS}, got {context!r}")
+        dataset = mlflow.data.from_pandas(processed.meta, source=str(Path(processed.path).resolve()),
+                                          name="processed", digest=processed.fingerprint[:DIGEST_CHARS])
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(
+            dataset._to_mlflow_entity(),
+            tags=[InputTag(MLFLOW_DATASET_CONTEXT, context), InputTag("fingerprint", processed.fingerprint)],
+        )])
+
 
 @contextmanager
-def stage_run(stage: str, cfg: Any = None, *, run_name: str | None = None) -> Iterator[MlflowLogger]:
-    """Open (or resume) the run of one stage; tags `stage`, logs the config as parameters."""
+def stage_run(stage: str, cfg: Any = None, *, run_name: str | None = None,
+              output_dir: str | Path | None = None) -> Iterator[MlflowLogger]:
+    """Open (or resume) the run of one stage; tags `stage`, logs the config as parameters.
+
+    With `output_dir`, the logger's `output_dir` is `<output_dir>/<run_id>` (created), and
+    `<output_dir>/latest` points at it once the stage has finished without an error.
+    """
     configure()
     parent = mlflow.active_run()
     if parent is not None:  # children live in their parent's experiment, not in Default
@@ -130,12 +176,18 @@ def stage_run(stage: str, cfg: Any = None, *, run_name: str | None = None) -> It
     else:
         ctx = mlflow.start_run(experiment_id=_experiment_for_new_run(), run_name=run_name or stage)
     with ctx as run:
-        logger = MlflowLogger(run.info.run_id)
+        run_dir = None
+        if output_dir is not None:
+            run_dir = run_output_dir(output_dir, run.info.run_id)
+            run_dir.mkdir(parents=True, exist_ok=True)
+        logger = MlflowLogger(run.info.run_id, run_dir)
         logger.set_tags({"stage": stage})
         if cfg is not None:
             logger.log_params(config_params(cfg))
-        log.info("stage %s: run %s", stage, run.info.run_id)
+        log.info("stage %s: run %s%s", stage, run.info.run_id, f", outputs in {run_dir}" if run_dir else "")
         yield logger
+        if run_dir is not None:
+            point_latest(output_dir, run_dir)
 
 
 def _experiment_for_new_run() -> str:

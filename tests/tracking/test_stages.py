@@ -43,6 +43,20 @@ def test_baseline_logs_registers_and_reuses_the_feature_cache(tracking_uri, tiny
     assert second["metrics"] == first["metrics"]
     assert registry.version_by_alias("baseline").version == version.version
 
+    # each run wrote its own directory; `latest` names the newest finished one, nothing was overwritten
+    out = tmp_path / "baseline"
+    assert (out / first["run_id"] / "catalog" / "manifest.json").is_file()
+    assert (out / second["run_id"] / "catalog" / "manifest.json").is_file()
+    assert (out / "latest").resolve() == (out / second["run_id"]).resolve()
+
+
+def test_a_failed_stage_leaves_latest_where_it_was(tracking_uri, tiny_prepared, tmp_path):
+    first = tiny_baseline(tiny_prepared, tmp_path, register=False)
+    with pytest.raises(FileNotFoundError):
+        tiny_baseline(tmp_path / "no-such-dataset", tmp_path, register=False)
+    out = tmp_path / "baseline"
+    assert (out / "latest").resolve() == (out / first["run_id"]).resolve()
+
 
 def test_missing_alias_names_the_stage_that_creates_it(tracking_uri, tmp_path):
     with pytest.raises(LookupError, match=r"no alias @baseline: run the baseline stage first"):

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 class BaselineConfig(EvalConfigMixin):
     """Zero-shot reference: embed the processed dataset once, build the catalog, evaluate, register."""
 
-    prepared: str = field(default="outputs/prepared", metadata={"help": "processed dataset dir or runs:/ URI"})
+    prepared: str = field(default="outputs/prepared/latest", metadata={"help": "processed dataset dir or runs:/ URI"})
     model: str = field(default="ViT-B-32", metadata={"help": "open_clip model name"})
     pretrained: str = field(default="none", metadata={"help": "open_clip tag, local weights file, or none"})
     backbone_seed: int = field(default=0, metadata={"help": "seed of the random init when pretrained=none"})
@@ -49,7 +49,7 @@ def run_baseline(cfg: BaselineConfig) -> dict:
     from protocol.tracking.pyfunc import log_protocol_model
     from protocol.training.checkpoint import save_checkpoint
 
-    with stage_run("baseline", cfg) as logger:
+    with stage_run("baseline", cfg, output_dir=cfg.output_dir) as logger:
         processed = load_processed(resolve_input(cfg.prepared, "prepared"))
         backbone = create_backbone(BackboneSpec(cfg.model, cfg.pretrained, cfg.backbone_seed))
         logger.set_tags({"dataset.fingerprint": processed.fingerprint, "backbone.fingerprint": backbone.fingerprint})
@@ -57,7 +57,7 @@ def run_baseline(cfg: BaselineConfig) -> dict:
                                     batch_size=cfg.batch_size, num_workers=cfg.num_workers)
         logger.log_metrics({"features.n_computed": features.n_computed, "features.n_items": len(features.item_ids)})
 
-        out = Path(cfg.output_dir)
+        out = logger.output_dir
         meta = processed.meta
         catalog_rows = cfg.catalog_rows(meta)
         manifest = {"dataset_fingerprint": processed.fingerprint, "backbone_fingerprint": backbone.fingerprint,

@@ -26,11 +26,11 @@ log = logging.getLogger(__name__)
 class EvaluateConfig(EvalConfigMixin):
     """Evaluate a candidate: a train run, a checkpoint file, or a registered version (@alias / number)."""
 
-    prepared: str = field(default="outputs/prepared", metadata={"help": "processed dataset dir or runs:/ URI"})
+    prepared: str = field(default="outputs/prepared/latest", metadata={"help": "processed dataset dir or runs:/ URI"})
     train_run: str = field(default="", metadata={"help": "run id of a train run (uses its best checkpoint)"})
     checkpoint: str = field(default="", metadata={"help": "checkpoint path or runs:/ URI (instead of train_run)"})
     version: str = field(default="@candidate", metadata={"help": "registered version, used when neither is given"})
-    baseline_catalog: str = field(default="outputs/baseline/catalog",
+    baseline_catalog: str = field(default="outputs/baseline/latest/catalog",
                                   metadata={"help": "baseline catalog (side-by-side galleries, report deltas)"})
     cache_dir: str = field(default="outputs/feature_cache", metadata={"help": "feature cache directory"})
     output_dir: str = "outputs/evaluate"
@@ -64,7 +64,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from protocol.scoreboard import compute_scoreboard
     from protocol.training.checkpoint import load_checkpoint
 
-    with stage_run("evaluate", cfg) as logger:
+    with stage_run("evaluate", cfg, output_dir=cfg.output_dir) as logger:
         ckpt_path, version = locate_checkpoint(cfg)
         state = load_checkpoint(ckpt_path)
         backbone_fp = state["backbone_fingerprint"]
@@ -78,7 +78,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         image_emb, text_emb = heads.embed_numpy(features.image, features.text)
         fusion = heads.fusion_weight if heads.config.learn_fusion else cfg.fusion_weight
 
-        out = Path(cfg.output_dir)
+        out = logger.output_dir
         meta = processed.meta
         rows = cfg.catalog_rows(meta)
         catalog_dir = build_catalog(out / "catalog", image_emb[rows], text_emb[rows],

@@ -6,8 +6,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlflow
-
 from protocol.data.figures import distribution_tables, sample_grid
 from protocol.tracking.runs import stage_run
 
@@ -78,10 +76,10 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     from protocol.data.prepare import finalize, save_processed
     from protocol.data.processed import load_processed
 
-    with stage_run("prepare", cfg) as logger:
+    with stage_run("prepare", cfg, output_dir=cfg.output_dir) as logger:
         raw, rejects, source = load_raw(cfg)
         df = finalize(raw, fractions=cfg.fractions, seed=cfg.seed)
-        out = Path(cfg.output_dir)
+        out = logger.output_dir
         manifest = save_processed(df, out, source=source, rejects=rejects)
         processed = load_processed(out)
         meta = processed.meta
@@ -89,10 +87,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
         n_rejects = 0 if rejects is None else len(rejects)
         logger.log_metrics({"items": len(meta), "products": meta["group_id"].nunique(), "rejects": n_rejects}
                            | {f"items.{k}": v for k, v in meta["split"].value_counts().items()})
-        mlflow.log_input(
-            mlflow.data.from_pandas(meta, source=str(out.resolve()), name="processed", digest=processed.fingerprint[:16]),
-            context="prepare",
-        )
+        logger.log_dataset(processed, context="prepare")
         for name, table in distribution_tables(meta).items():
             logger.log_table(table, f"distributions/{name}.json")
         fig = sample_grid(processed.dataset, meta)

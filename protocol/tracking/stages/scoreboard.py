@@ -43,13 +43,13 @@ def run_scoreboard(cfg: ScoreboardConfig) -> dict:
     from protocol.scoreboard import compute_scoreboard, format_table, is_better, load_targets, read_metrics, \
         write_scoreboard
 
-    with stage_run("scoreboard", cfg) as logger:
+    with stage_run("scoreboard", cfg, output_dir=cfg.output_dir) as logger:
         spec = load_targets(cfg.targets or None)
         base_v, cand_v = resolve_version(cfg.baseline), resolve_version(cfg.candidate)
         base, cand = (read_metrics(registry.version_eval_dir(v)) for v in (base_v, cand_v))
         board = compute_scoreboard(base.metrics, cand.metrics, spec, base.counts, cand.counts)
         table = format_table(board)
-        json_path, txt_path = write_scoreboard(board, Path(cfg.output_dir))
+        json_path, txt_path = write_scoreboard(board, logger.output_dir)
         logger.log_artifact(json_path)
         logger.log_artifact(txt_path)
         logger.set_tags({"baseline.version": base_v.version, "candidate.version": cand_v.version,

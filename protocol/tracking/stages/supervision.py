@@ -43,7 +43,7 @@ def _check_fraction(cfg, *names: str) -> None:
 class AuditConfig:
     """Grounding audit: a stratified QA sample for a reviewer, plus coverage per category."""
 
-    prepared: str = field(default="outputs/prepared", metadata=PREPARED_HELP)
+    prepared: str = field(default="outputs/prepared/latest", metadata=PREPARED_HELP)
     n_items: int = field(default=200, metadata={"help": "items in the QA sample (stratified by category2)"})
     seed: int = 0
     simulate_review: bool = field(default=False, metadata={"help": "fill verdicts from gt_* (synthetic data)"})
@@ -56,7 +56,7 @@ class AuditConfig:
 def run_audit(cfg: AuditConfig) -> dict:
     from protocol.data.audit import analyze_audit, coverage_by_category, make_audit_sample, simulate_review, write_audit
 
-    with stage_run("audit", cfg) as logger:
+    with stage_run("audit", cfg, output_dir=cfg.output_dir) as logger:
         processed = _load_meta(cfg.prepared)
         meta = processed.meta
         logger.set_tags({"dataset.fingerprint": processed.fingerprint})
@@ -65,7 +65,7 @@ def run_audit(cfg: AuditConfig) -> dict:
             if not any(c.startswith("gt_") for c in meta.columns):
                 raise ValueError(f"simulate_review needs gt_* columns, and {processed.path} has none")
             sample = simulate_review(sample, meta)
-        out = Path(cfg.output_dir)
+        out = logger.output_dir
         coverage = coverage_by_category(meta)
         csv_path = write_audit(sample, out, coverage)
         logger.log_table(coverage.reset_index() if coverage.index.name else coverage, "audit/coverage.json")
@@ -93,16 +93,16 @@ def _log_audit_report(logger, report, out: Path) -> None:
 class AnalyzeAuditConfig:
     """Read a reviewed grounding_audit.csv: correctness per attribute, contamination sources, tuning advice."""
 
-    audit_csv: str = field(default="outputs/audit/grounding_audit.csv", metadata={"help": "the completed CSV"})
+    audit_csv: str = field(default="outputs/audit/latest/grounding_audit.csv", metadata={"help": "the completed CSV"})
     output_dir: str = "outputs/audit"
 
 
 def run_analyze_audit(cfg: AnalyzeAuditConfig) -> dict:
     from protocol.data.audit import analyze_audit
 
-    with stage_run("analyze_audit", cfg) as logger:
+    with stage_run("analyze_audit", cfg, output_dir=cfg.output_dir) as logger:
         report = analyze_audit(resolve_input(cfg.audit_csv, "audit_csv"))
-        _log_audit_report(logger, report, Path(cfg.output_dir))
+        _log_audit_report(logger, report, logger.output_dir)
         for line in report.to_dict().get("recommendations", []):
             print("-", line)
         return {"run_id": logger.run_id, "report": report.to_dict()}
@@ -112,7 +112,7 @@ def run_analyze_audit(cfg: AnalyzeAuditConfig) -> dict:
 class GroupsConfig:
     """Product groups: source product ids, else id-suffix / url-stem / SKU heuristics, with an audit."""
 
-    prepared: str = field(default="outputs/prepared", metadata=PREPARED_HELP)
+    prepared: str = field(default="outputs/prepared/latest", metadata=PREPARED_HELP)
     min_confidence: float = field(default=0.5, metadata={"help": "confidence a group key needs to be used"})
     spot_check: int = field(default=20, metadata={"help": "groups in the spot-check sample"})
     seed: int = 0
@@ -127,11 +127,11 @@ def run_groups(cfg: GroupsConfig) -> dict:
     from protocol.data.group_audit import audit_groups, write_groups_json
     from protocol.data.group_key import derive_groups
 
-    with stage_run("groups", cfg) as logger:
+    with stage_run("groups", cfg, output_dir=cfg.output_dir) as logger:
         processed = _load_meta(cfg.prepared)
         logger.set_tags({"dataset.fingerprint": processed.fingerprint})
         groups = derive_groups(processed.meta)
-        out = Path(cfg.output_dir)
+        out = logger.output_dir
         path = write_groups_json(groups, out / "groups.json")
         audit = audit_groups(groups, processed.meta, min_confidence=cfg.min_confidence,
                              sample_size=cfg.spot_check, seed=cfg.seed)
@@ -161,7 +161,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
 class MineConfig:
     """Hard negatives from the baseline catalog: nearest same-category items that differ in an attribute."""
 
-    catalog: str = field(default="outputs/baseline/catalog", metadata={"help": "baseline catalog dir or runs:/ URI"})
+    catalog: str = field(default="outputs/baseline/latest/catalog", metadata={"help": "baseline catalog dir or runs:/ URI"})
     max_anchors: int = 2000
     per_anchor: int = field(default=5, metadata={"help": "negatives kept per anchor"})
     candidates: int = field(default=50, metadata={"help": "neighbours searched per anchor"})
@@ -181,14 +181,14 @@ def run_mine(cfg: MineConfig) -> dict:
     from protocol.retrieval.catalog import load_catalog
     from protocol.tracking.evaluation import split_list
 
-    with stage_run("mine", cfg) as logger:
+    with stage_run("mine", cfg, output_dir=cfg.output_dir) as logger:
         catalog = load_catalog(resolve_input(cfg.catalog, "catalog"))
         logger.set_tags({"dataset.fingerprint": catalog.manifest["dataset_fingerprint"],
                          "backbone.fingerprint": catalog.manifest["backbone_fingerprint"]})
         negatives = mine_hard_negatives(catalog.meta, catalog.image, max_anchors=cfg.max_anchors,
                                         per_anchor=cfg.per_anchor, candidates=cfg.candidates,
                                         attributes=tuple(split_list(cfg.attributes)), seed=cfg.seed)
-        path = write_hard_negatives(negatives, Path(cfg.output_dir) / "hard_negatives.parquet")
+        path = write_hard_negatives(negatives, logger.output_dir / "hard_negatives.parquet")
         summary = summarize_hard_negatives(negatives)
         logger.log_dict(summary, "mine/summary.json")
         logger.log_metrics({f"mine.{k}": v for k, v in _flatten(summary).items()})
@@ -200,9 +200,9 @@ def run_mine(cfg: MineConfig) -> dict:
 class PairsConfig:
     """The pair dataset: positives and negatives of every type, in a target mix, validated."""
 
-    prepared: str = field(default="outputs/prepared", metadata=PREPARED_HELP)
-    groups: str = field(default="outputs/groups/groups.json", metadata={"help": "groups.json path or runs:/ URI"})
-    hard_negatives: str = field(default="outputs/mine/hard_negatives.parquet",
+    prepared: str = field(default="outputs/prepared/latest", metadata=PREPARED_HELP)
+    groups: str = field(default="outputs/groups/latest/groups.json", metadata={"help": "groups.json path or runs:/ URI"})
+    hard_negatives: str = field(default="outputs/mine/latest/hard_negatives.parquet",
                                 metadata={"help": "hard_negatives.parquet path or runs:/ URI"})
     n_pairs: int = 50_000
     # the mix: one flat parameter per pair type, defaults from PairMix (which checks they sum to 1)
@@ -232,14 +232,14 @@ def run_pairs(cfg: PairsConfig) -> dict:
     from protocol.data.group_audit import read_groups_json
     from protocol.data.pair_generator import generate_pairs, write_pairs
 
-    with stage_run("pairs", cfg) as logger:
+    with stage_run("pairs", cfg, output_dir=cfg.output_dir) as logger:
         processed = _load_meta(cfg.prepared)
         logger.set_tags({"dataset.fingerprint": processed.fingerprint})
         groups = read_groups_json(resolve_input(cfg.groups, "groups"))
         negatives = pd.read_parquet(resolve_input(cfg.hard_negatives, "hard_negatives"))
         pairs, stats = generate_pairs(processed.meta, groups, negatives, mix=cfg.mix(), n_pairs=cfg.n_pairs,
                                       seed=cfg.seed, min_group_confidence=cfg.min_group_confidence)
-        out = Path(cfg.output_dir)
+        out = logger.output_dir
         paths = write_pairs(pairs, stats, out)
         logger.log_metrics({f"pairs.{k}": v for k, v in _flatten(stats).items()})
         logger.log_artifact(out, "pairs")

@@ -17,11 +17,11 @@ log = logging.getLogger(__name__)
 class TrainStageConfig(TrainConfig):
     """Training settings (TrainConfig, defaults there) plus where the inputs and outputs are."""
 
-    prepared: str = field(default="outputs/prepared", metadata={"help": "processed dataset dir or runs:/ URI"})
-    catalog: str = field(default="outputs/baseline/catalog",
+    prepared: str = field(default="outputs/prepared/latest", metadata={"help": "processed dataset dir or runs:/ URI"})
+    catalog: str = field(default="outputs/baseline/latest/catalog",
                          metadata={"help": "baseline catalog: its manifest names the backbone whose cache to use"})
-    pairs: str = field(default="outputs/pairs/pairs.parquet", metadata={"help": "pairs.parquet path or runs:/ URI"})
-    hard_negatives_path: str = field(default="outputs/mine/hard_negatives.parquet",
+    pairs: str = field(default="outputs/pairs/latest/pairs.parquet", metadata={"help": "pairs.parquet path or runs:/ URI"})
+    hard_negatives_path: str = field(default="outputs/mine/latest/hard_negatives.parquet",
                                      metadata={"help": "hard_negatives.parquet path or runs:/ URI"})
     cache_dir: str = field(default="outputs/feature_cache", metadata={"help": "feature cache directory"})
     resume: str = field(default="", metadata={"help": "checkpoint of an interrupted run to continue"})
@@ -43,7 +43,7 @@ def run_train(cfg: TrainStageConfig) -> dict:
     from protocol.tracking.pyfunc import log_protocol_model
     from protocol.training.train import train
 
-    with stage_run("train", cfg) as logger:
+    with stage_run("train", cfg, output_dir=cfg.output_dir) as logger:
         processed = load_processed(resolve_input(cfg.prepared, "prepared"))
         manifest = read_json(resolve_input(cfg.catalog, "catalog") / "manifest.json")
         check_fingerprint(manifest["dataset_fingerprint"], processed.fingerprint, "dataset of the baseline catalog")
@@ -55,7 +55,7 @@ def run_train(cfg: TrainStageConfig) -> dict:
         pairs = pd.read_parquet(resolve_input(cfg.pairs, "pairs"))
         negatives = (pd.read_parquet(resolve_input(cfg.hard_negatives_path, "hard_negatives_path"))
                      if cfg.hard_negatives else None)
-        result = train(cfg.train_config(), features, processed.meta, pairs, negatives, Path(cfg.output_dir),
+        result = train(cfg.train_config(), features, processed.meta, pairs, negatives, logger.output_dir,
                        logger=logger, resume=resolve_input(cfg.resume, "resume") if cfg.resume else None)
         logger.log_metrics({"best.epoch": result.best_epoch or 0, f"best.{cfg.primary_metric}": result.best_metric or 0.0,
                             "trainable_parameters": result.heads.n_trainable_parameters()})

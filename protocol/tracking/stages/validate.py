@@ -11,8 +11,8 @@ from protocol.tracking.runs import resolve_input, stage_run
 class ValidateConfig:
     """Validate a checkpoint: val-split queries against a train-split mini catalog, with deltas vs identity heads."""
 
-    checkpoint: str = field(default="outputs/train/checkpoints/best.pt", metadata={"help": "checkpoint path or runs:/ URI"})
-    prepared: str = field(default="outputs/prepared", metadata={"help": "processed dataset dir or runs:/ URI"})
+    checkpoint: str = field(default="outputs/train/latest/checkpoints/best.pt", metadata={"help": "checkpoint path or runs:/ URI"})
+    prepared: str = field(default="outputs/prepared/latest", metadata={"help": "processed dataset dir or runs:/ URI"})
     cache_dir: str = field(default="outputs/feature_cache", metadata={"help": "feature cache directory"})
     max_catalog: int = 5000
     max_queries: int = 500
