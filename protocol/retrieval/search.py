@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("exact", "faiss")
+BACKENDS = ("exact", "faiss", "auto")
 
 # Memory for one score block and its temporaries (float32 scores, a boolean mask and a
 # partition copy: ~9 bytes per score; 12 leaves room for candidate arrays). Small blocks
@@ -40,6 +40,7 @@ def topk(
     exclude: np.ndarray | None = None,
     backend: str = "exact",
     block_bytes: int = DEFAULT_BLOCK_BYTES,
+    report: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k catalog rows with the highest inner product for every query.
 
@@ -48,11 +49,17 @@ def topk(
     rows per block (chosen from `block_bytes` when None); queries are blocked too so one
     score block never exceeds `block_bytes`. `exclude` [Q] holds one catalog row to drop
     per query (-1 = none). `backend="faiss"` uses `faiss.IndexFlatIP`; it agrees with
-    "exact" except in the order of tied scores at the k-th place.
+    "exact" except in the order of tied scores at the k-th place. `backend="auto"` picks the
+    search by catalog size. `report`, when given, is filled with what was used
+    (`{"backend": ...}`, and for an approximate index its parameters and measured recall).
     """
     queries, catalog = _check_matrices(queries, catalog)
     k = _check_k(k)
     exclude = _check_exclude(exclude, len(queries), len(catalog))
+    if backend == "auto":
+        backend = "exact"
+    if report is not None:
+        report["backend"] = backend
     if backend == "exact":
         return _exact_topk(queries, catalog, k, exclude, chunk_size, block_bytes)
     if backend == "faiss":
