@@ -86,7 +86,7 @@ def device_image_plan(backbone: Backbone) -> InputPlan | None:
     preprocess = TensorPreprocess.of(backbone.preprocess)
     if preprocess is None:
         return None
-    return InputPlan(EncodedImageBatch(), DeviceImageFeatures(backbone, preprocess))
+    return InputPlan(EncodedImageBatch(backbone.preprocess), DeviceImageFeatures(backbone, preprocess))
 
 
 # --- texts ----------------------------------------------------------------------------
@@ -160,39 +160,58 @@ def rgb_tensor(image: Image.Image) -> torch.Tensor:
 # --- images, device route -------------------------------------------------------------
 
 
+JPEG, DECODED, PREPROCESSED = "jpeg", "decoded", "preprocessed"  # forms of an image on its way to the device
+RESIZE_AS_RGB = ("RGB", "L")  # modes for which open_clip's resize-then-convert equals convert-then-resize
+
+
 @dataclass
 class EncodedImages:
-    """A batch on its way to the device: JPEGs still encoded (1-D uint8), others decoded [3, H, W]."""
+    """A batch on its way to the device, each image in one of three forms: JPEG bytes (1-D
+    uint8, decoded on the device), decoded uint8 [3, H, W], or already preprocessed."""
 
     rows: list[int]
     item_ids: list[str]
     data: list[torch.Tensor]
-    encoded: list[bool]
+    forms: list[str]
 
     def pin_memory(self) -> "EncodedImages":  # DataLoader(pin_memory=True) calls this
-        return EncodedImages(self.rows, self.item_ids, [t.pin_memory() for t in self.data], self.encoded)
+        return EncodedImages(self.rows, self.item_ids, [t.pin_memory() for t in self.data], self.forms)
 
 
 class EncodedImageBatch:
-    """collate_fn of the device route: read bytes; decode only what the device cannot (non-JPEG)."""
+    """collate_fn of the device route: read bytes; decode only what the device cannot (non-JPEG).
+
+    open_clip's transform resizes before it converts to RGB, so a palette, RGBA or 16-bit
+    image is resized in its own mode (a palette image with nearest neighbour): such images
+    get the whole PIL transform here, so that they come out exactly as on the CPU route.
+    """
+
+    def __init__(self, preprocess: Callable):
+        self.preprocess = preprocess
 
     def __call__(self, batch: dict) -> tuple[list[int], EncodedImages]:
-        data, encoded = [], []
+        data, forms = [], []
         for row, item_id, value in zip(batch["rows"], batch["item_ids"], batch["values"]):
             raw = image_bytes(value, row, item_id)
             if raw[:3] == JPEG_MAGIC:
                 data.append(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
-                encoded.append(True)
+                forms.append(JPEG)
+                continue
+            image = open_image({"bytes": raw}, row, item_id)
+            if image.mode in RESIZE_AS_RGB:
+                data.append(rgb_tensor(image))
+                forms.append(DECODED)
             else:
-                data.append(rgb_tensor(open_image({"bytes": raw}, row, item_id)))
-                encoded.append(False)
-        return batch["rows"], EncodedImages(list(batch["rows"]), list(batch["item_ids"]), data, encoded)
+                data.append(self.preprocess(image))
+                forms.append(PREPROCESSED)
+        return batch["rows"], EncodedImages(list(batch["rows"]), list(batch["item_ids"]), data, forms)
 
 
 def decode_on(device: torch.device, images: EncodedImages) -> list[torch.Tensor]:
-    """uint8 [3, H, W] tensors on `device`: JPEGs decoded there in one batched call."""
+    """Each image on `device`, JPEGs decoded there in one batched call (uint8 [3, H, W]);
+    preprocessed ones as they are (float)."""
     out: list[torch.Tensor | None] = [None] * len(images.data)
-    jpegs = [i for i, enc in enumerate(images.encoded) if enc]
+    jpegs = [i for i, form in enumerate(images.forms) if form == JPEG]
     if jpegs:
         try:
             decoded = decode_jpeg([images.data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
@@ -200,8 +219,8 @@ def decode_on(device: torch.device, images: EncodedImages) -> list[torch.Tensor]
             decoded = [_decode_one(images, i, device) for i in jpegs]
         for i, tensor in zip(jpegs, decoded):
             out[i] = tensor
-    for i, enc in enumerate(images.encoded):
-        if not enc:
+    for i, form in enumerate(images.forms):
+        if form != JPEG:
             out[i] = images.data[i].to(device, non_blocking=True)
     return out
 
@@ -246,10 +265,14 @@ class TensorPreprocess:
         return cls(before, after) if converted else None
 
     def __call__(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """uint8 [3, H, W] images (float ones count as preprocessed already) -> [n, 3, h, w]."""
         by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for i, image in enumerate(images):
-            by_size[tuple(image.shape[-2:])].append(i)
         out: list[torch.Tensor | None] = [None] * len(images)
+        for i, image in enumerate(images):
+            if image.dtype == torch.uint8:
+                by_size[tuple(image.shape[-2:])].append(i)
+            else:
+                out[i] = image
         for indices in by_size.values():
             x = torch.stack([images[i] for i in indices])
             for step in self.before:
