@@ -1,8 +1,8 @@
 """The Ray engine: feature extraction across a Ray cluster with Ray Data.
 
-The rows to embed become a Ray Dataset (one block per missing shard, through Ray's object
-store, which spills to disk beyond its memory), and `map_batches` sends them to a fixed
-pool of actors. Each actor builds the backbone once, through the one factory
+The rows to embed, texts and images, become one Ray Dataset (one block per missing shard,
+through Ray's object store, which spills to disk beyond its memory), and `map_batches`
+sends them to one fixed pool of actors. Each actor builds the backbone once, through the one factory
 `create_backbone`, checks that its fingerprint is the driver's (a node with other weights
 at the same path would otherwise poison the cache), and then decodes, preprocesses and
 embeds with the same `feature_inputs.input_plan` the local engine uses. Features come
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -28,10 +29,11 @@ from typing import Iterator
 import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import protocol
 from protocol.model.backbone import Backbone, BackboneSpec, check_fingerprint, create_backbone
-from protocol.model.feature_cache import Shard, ShardWriter
+from protocol.model.feature_cache import KINDS, Shard, ShardWriter
 from protocol.model.feature_inputs import RowReader, input_plan
 
 log = logging.getLogger(__name__)
@@ -40,33 +42,42 @@ INSTALL_HINT = 'engine="ray" needs Ray Data: pip install -e ".[ray]"'
 
 
 class EmbedActor:
-    """Holds one backbone; turns a batch of rows (pyarrow: row, item_id, value) into features."""
+    """Holds one backbone; turns a batch of rows (pyarrow: row, kind, item_id, text, image) into features."""
 
-    def __init__(self, spec: dict, kind: str, fingerprint: str):
+    def __init__(self, spec: dict, fingerprint: str):
         import socket
 
         self.backbone = create_backbone(BackboneSpec(**spec))
         check_fingerprint(fingerprint, self.backbone.fingerprint,
                           f"backbone built by a Ray actor on {socket.gethostname()} (spec {spec})")
-        self.plan = input_plan(kind, self.backbone)
+        self.plans = {kind: input_plan(kind, self.backbone) for kind in KINDS}
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        rows, inputs = self.plan.collate({"rows": batch.column("row").to_pylist(),
-                                          "item_ids": batch.column("item_id").to_pylist(),
-                                          "values": batch.column("value").to_pylist()})
-        return {"row": np.asarray(rows, dtype=np.int64), "features": self.plan.features(inputs).cpu().numpy()}
+        rows, kinds, features = [], [], []
+        for kind in KINDS:
+            part = batch.filter(pc.equal(batch.column("kind"), kind))
+            if not part.num_rows:
+                continue
+            plan = self.plans[kind]
+            done, inputs = plan.collate({"rows": part.column("row").to_pylist(),
+                                         "item_ids": part.column("item_id").to_pylist(),
+                                         "values": part.column(kind).to_pylist()})
+            rows += done
+            kinds += [kind] * len(done)
+            features.append(plan.features(inputs).cpu().numpy())
+        return {"row": np.asarray(rows, dtype=np.int64), "kind": np.asarray(kinds), "features": np.concatenate(features)}
 
 
-def embed_shards_ray(
+def embed_ray(
     dataset: datasets.Dataset,
-    kind: str,
-    shards: list[Shard],
+    todo: dict[str, list[Shard]],
     backbone: Backbone,
     root: Path,
     shard_size: int,
     batch_size: int,
-) -> None:
-    """Embed `kind` for these shards on Ray, writing each shard as soon as it is full."""
+) -> dict:
+    """Embed the missing shards of every kind on one pool of Ray actors, writing each shard as
+    soon as it is full; returns per kind the rows embedded and the seconds until its last shard."""
     try:
         import ray
         import ray.data
@@ -74,35 +85,55 @@ def embed_shards_ray(
         raise ImportError(INSTALL_HINT) from e
     with ray_session(ray):
         size, resources = actor_pool(ray)
-        log.info("%s phase on Ray: %d actor(s) with %s each", kind, size, resources)
+        log.info("Ray: %d actor(s) with %s each", size, resources)
         context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # the driver's own bar counts written rows
+        context.enable_progress_bars = False  # the driver's own bars count written rows
         context.execution_options.preserve_order = False  # rows carry their index; shards assemble in any order
-        rows = ray.data.from_arrow([shard_table(dataset, kind, shard) for shard in shards])
-        embedded = rows.map_batches(
+        readers = arrow_readers(dataset)
+        blocks = [shard_table(readers, kind, shard) for kind in KINDS for shard in todo[kind]]  # texts first
+        embedded = ray.data.from_arrow(blocks).map_batches(
             EmbedActor,
-            fn_constructor_kwargs={"spec": backbone.spec.to_dict(), "kind": kind, "fingerprint": backbone.fingerprint},
+            fn_constructor_kwargs={"spec": backbone.spec.to_dict(), "fingerprint": backbone.fingerprint},
             batch_size=batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=size),
             **resources,
         )
-        writer = ShardWriter(root, kind, shards, shard_size, desc=f"{kind} features (ray)")
+        writers = {kind: ShardWriter(root, kind, todo[kind], shard_size, desc=f"{kind} features (ray)")
+                   for kind in KINDS if todo[kind]}
+        started, finished = time.perf_counter(), {}
         try:
             for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
-                writer.add(batch["row"], batch["features"])
+                for kind, writer in writers.items():
+                    mine = batch["kind"] == kind
+                    if mine.any():
+                        writer.add(batch["row"][mine], batch["features"][mine])
+                        if not writer.shards:
+                            finished.setdefault(kind, time.perf_counter() - started)
         except Exception as e:  # noqa: BLE001 - surface the actor's own error, not Ray's wrapping of it
             raise user_error(e) from e
         finally:
-            writer.bar.close()
-        writer.close()
+            for writer in writers.values():
+                writer.bar.close()
+        for writer in writers.values():
+            writer.close()
+    return {kind: {"items": sum(len(s.rows) for s in todo[kind]), "seconds": round(finished.get(kind, 0.0), 3)}
+            for kind in KINDS}
 
 
-def shard_table(dataset: datasets.Dataset, kind: str, shard: Shard) -> pa.Table:
-    """The rows of one shard as an Arrow table (row, item_id, value), images still encoded."""
-    table = RowReader(dataset, kind).rows.with_format("arrow")[shard.rows.start : shard.rows.stop]
-    return pa.table({"row": pa.array(shard.rows, pa.int64()), "item_id": table.column("item_id"),
-                     "value": table.column(kind)})
+def arrow_readers(dataset: datasets.Dataset) -> dict[str, datasets.Dataset]:
+    """Per kind, the dataset's (item_id, kind) columns in Arrow format, images undecoded."""
+    return {kind: RowReader(dataset, kind).rows.with_format("arrow") for kind in KINDS}
+
+
+def shard_table(readers: dict[str, datasets.Dataset], kind: str, shard: Shard) -> pa.Table:
+    """The rows of one shard as an Arrow table (row, kind, item_id, text, image), images still encoded;
+    the other kind's column is null, so that text and image blocks share one schema."""
+    table = readers[kind][shard.rows.start : shard.rows.stop]
+    columns = {other: table.column(other) if other == kind else
+               pa.nulls(len(shard.rows), readers[other].features.arrow_schema.field(other).type) for other in KINDS}
+    return pa.table({"row": pa.array(shard.rows, pa.int64()), "kind": pa.array([kind] * len(shard.rows)),
+                     "item_id": table.column("item_id"), **columns})
 
 
 @contextmanager

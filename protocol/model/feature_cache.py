@@ -7,8 +7,8 @@ One cache is `<cache_dir>/<dataset_fp[:16]>-<backbone_fp[:16]>/`:
     item_ids.json        item ids in dataset row order (written before the manifest)
     text_00000.npy ...   shards of `shard_size` rows, each written atomically while extracting
     image_00000.npy ...
-    text.npy image.npy   [n, dim] float32 L2-normalised: a kind's shards are consolidated
-                         into one array as soon as all of them exist, then removed
+    text.npy image.npy   [n, dim] float32 L2-normalised: when every shard exists, each kind's
+                         shards are consolidated into one array, then removed
 
 `<cache_dir>/.<cache name>.lock` is held by whoever fills the cache, so a second
 extraction of the same (dataset, backbone) waits and then finds it complete, instead of
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "protocol-feature-cache/2"  # /2 adds `files` (sha256 of the consolidated arrays)
 DTYPE = "float32"
-KINDS = ("text", "image")  # extraction order: texts are cheap, so a bad text row fails before the long image phase
+KINDS = ("text", "image")
 LOCK_REPORT_EVERY_S = 60.0  # how often a waiting extraction says it is still waiting
 HASH_CHUNK_BYTES = 16 << 20
 

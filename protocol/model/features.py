@@ -7,8 +7,9 @@ its lock and its checks live in `feature_cache.py`; the engines that fill it in
 `extract_ray.py` (Ray Data actors across a cluster); what the model eats in
 `feature_inputs.py`.
 
-Extraction runs two phases, texts then images, each shard written atomically as soon as
-it is full, and a kind's shards consolidated into one array when all exist. A run that
+The local engine runs two phases, texts then images; the Ray engine sends both kinds to one
+actor pool. Each shard is written atomically as soon as it is full; when all exist, each
+kind's shards are consolidated into one array. A run that
 dies keeps its finished shards; the next call, with either engine, computes only the
 missing ones. Two processes on one cache take turns: the second waits for the cache's
 lock, then finds it complete. `FeatureSet.n_computed` counts the rows for which the
@@ -108,10 +109,8 @@ def extract_features(
                 for kind in KINDS}
         log.info("features: %d items, %d shards in %s; engine %s; to compute: %s", len(item_ids), len(shards),
                  root, engine, {kind: len(todo[kind]) for kind in KINDS})
-        timings = {}
+        timings = _embed(dataset, todo, backbone, root, manifest["shard_size"], batch_size, num_workers, engine)
         for kind in KINDS:
-            timings[kind] = _embed(dataset, kind, todo[kind], backbone, root, manifest["shard_size"], batch_size,
-                                   num_workers, engine)
             if not done[kind]:
                 manifest = fc.consolidate(root, kind, shards, manifest)
         manifest = fc.finish(root, manifest, timings)
@@ -148,23 +147,32 @@ def _consolidated(root: Path, kind: str, manifest: dict, shards: list[fc.Shard])
     return True
 
 
-def _embed(dataset, kind, shards, backbone, root, shard_size, batch_size, num_workers, engine) -> dict:
-    n_items = sum(len(s.rows) for s in shards)
-    if not shards:
-        log.info("%s phase: every shard cached", kind)
-        return {"items": 0, "seconds": 0.0}
-    log.info("%s phase: embedding %d items in %d shard(s), batch %d, engine %s%s", kind, n_items, len(shards),
-             batch_size, engine, f", {num_workers} worker(s)" if engine == "local" else "")
-    started = time.perf_counter()
+def _embed(dataset, todo, backbone, root, shard_size, batch_size, num_workers, engine) -> dict:
+    """Compute the missing shards of every kind with `engine`; per kind {"items", "seconds", "engine"}."""
+    pending = {kind: sum(len(s.rows) for s in todo[kind]) for kind in KINDS}
+    if not any(pending.values()):
+        return {kind: {"items": 0, "seconds": 0.0, "engine": engine} for kind in KINDS}
     if engine == "ray":
-        from protocol.model.extract_ray import embed_shards_ray  # Ray is an optional extra
+        from protocol.model.extract_ray import embed_ray  # Ray is an optional extra
 
-        embed_shards_ray(dataset, kind, shards, backbone, root, shard_size, batch_size)
+        log.info("embedding %s on Ray, batch %d", pending, batch_size)
+        timings = embed_ray(dataset, todo, backbone, root, shard_size, batch_size)
     else:
-        embed_shards_local(dataset, kind, shards, backbone, root, shard_size, batch_size, num_workers)
-    seconds = time.perf_counter() - started
-    log.info("%s phase: %d items in %.1fs (%.1f items/s)", kind, n_items, seconds, n_items / seconds)
-    return {"items": n_items, "seconds": round(seconds, 3), "engine": engine}
+        timings = {}
+        for kind in KINDS:  # texts first: they are cheap, so a bad text row fails before the long image phase
+            if not todo[kind]:
+                timings[kind] = {"items": 0, "seconds": 0.0}
+                continue
+            log.info("%s phase: embedding %d items in %d shard(s), batch %d, %d worker(s)", kind, pending[kind],
+                     len(todo[kind]), batch_size, num_workers)
+            started = time.perf_counter()
+            embed_shards_local(dataset, kind, todo[kind], backbone, root, shard_size, batch_size, num_workers)
+            timings[kind] = {"items": pending[kind], "seconds": round(time.perf_counter() - started, 3)}
+    for kind, timing in timings.items():
+        if timing["items"]:
+            log.info("%s phase: %d items in %.1fs (%.1f items/s)", kind, timing["items"], timing["seconds"],
+                     timing["items"] / max(timing["seconds"], 1e-9))
+    return {kind: {**timing, "engine": engine} for kind, timing in timings.items()}
 
 
 # --- dataset checks -----------------------------------------------------------------

@@ -93,7 +93,7 @@ def test_resumes_after_the_process_is_killed(tiny, reference, tmp_path):
     finally:
         job.kill()
     left = sorted(p.name for p in root.glob("*.npy"))
-    assert left == ["image_00000.npy", "text.npy"]  # the text phase was consolidated before the image phase
+    assert left == ["image_00000.npy", "text_00000.npy", "text_00001.npy", "text_00002.npy"]
     with pytest.raises(RuntimeError, match="incomplete"):
         load_features(cache, DATASET_FP, tiny.fingerprint)
     first_shard = np.load(root / "image_00000.npy")
@@ -101,7 +101,7 @@ def test_resumes_after_the_process_is_killed(tiny, reference, tmp_path):
     os.unlink(paths[30])  # the stalled file becomes readable
     open(paths[30], "wb").write(drawn_png(30))
     resumed = extract_features(path_dataset(paths), DATASET_FP, tiny, cache, batch_size=8, num_workers=2, shard_size=16)
-    assert resumed.n_computed == 24  # image rows 16..39 only: text.npy and image shard 0 were kept
+    assert resumed.n_computed == 24  # image rows 16..39 only: the text shards and image shard 0 were kept
     np.testing.assert_array_equal(resumed.image[:16], first_shard)
     np.testing.assert_allclose(resumed.image, reference[0], atol=1e-5)
     np.testing.assert_allclose(resumed.text, reference[1], atol=1e-5)
@@ -176,7 +176,7 @@ def test_a_truncated_shard_is_named_and_recomputed(tiny, reference, tmp_path, ca
         features = extract_features(png_dataset(40), DATASET_FP, tiny, tmp_path, batch_size=8, num_workers=0,
                                     shard_size=16)
     assert f"shard {shard} is unreadable" in caplog.text
-    assert features.n_computed == 40  # every image shard (0 was damaged); the consolidated texts were kept
+    assert features.n_computed == 40  # every image shard (0 was damaged); the text shards were kept
     np.testing.assert_allclose(features.image, reference[0], atol=1e-5)
     assert sorted(p.name for p in root.iterdir()) == CACHE_FILES
 
