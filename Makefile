@@ -8,7 +8,7 @@ SERVER_STAMP := $(VENV)/.installed-server
 export PATH := $(VENV)/bin:$(PATH)
 export MLFLOW_EXPERIMENT_NAME ?= fashion-retrieval
 
-.PHONY: setup demo test ui clean server server-stop server-status
+.PHONY: setup store demo test ui clean clean-cache server server-stop server-status
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,13 @@ $(SERVER_STAMP): $(STAMP)
 	scripts/server.sh install
 	touch $(SERVER_STAMP)
 
+# Creates or migrates the tracking store (MLFLOW_TRACKING_URI, else ./mlflow.db) under a file lock,
+# with its experiment's artifacts beside it, before any `mlflow run` meets a fresh store.
+store: setup
+	python -m protocol.tracking.store --experiment $(MLFLOW_EXPERIMENT_NAME)
+
 # Runs every stage on the embedded default (synthetic catalog, ViT-B-32 random init).
-demo: setup
+demo: store
 	mlflow run . -e pipeline --env-manager local --experiment-name $(MLFLOW_EXPERIMENT_NAME)
 
 test: $(TEST_STAMP)
@@ -51,5 +56,13 @@ server-stop:
 server-status:
 	scripts/server.sh status
 
+# Deletes stage outputs, the input cache, ./mlflow.db and exactly the artifacts its runs and models
+# own; artifacts of any other store (even ones inside mlruns/) are left alone.
 clean:
-	rm -rf outputs mlruns mlflow.db
+	if [ -x $(VENV)/bin/python ]; then \
+	  $(VENV)/bin/python -m protocol.tracking.store clean && $(VENV)/bin/python -m protocol.tracking.artifact_cache clean; \
+	else echo "no .venv: outputs/ deleted; mlflow.db and mlruns/ need 'make setup' first to be cleaned safely"; fi
+	rm -rf outputs
+
+clean-cache:
+	python -m protocol.tracking.artifact_cache clean

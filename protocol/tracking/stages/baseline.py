@@ -51,7 +51,8 @@ def run_baseline(cfg: BaselineConfig) -> dict:
     from protocol.model.features import extract_features
     from protocol.model.protocol_model import ProtocolHeads
     from protocol.retrieval.catalog import build_catalog
-    from protocol.tracking.pyfunc import log_protocol_model
+    from protocol.tracking.artifact_cache import stable_reference
+    from protocol.tracking.pyfunc import encoded_image, log_protocol_model
     from protocol.training.checkpoint import save_checkpoint
 
     with stage_run("baseline", cfg, output_dir=cfg.output_dir) as logger:
@@ -79,8 +80,10 @@ def run_baseline(cfg: BaselineConfig) -> dict:
             heads_path = out / "identity_heads.pt"
             save_checkpoint(heads_path, {"heads": ProtocolHeads.identity(backbone.embed_dim).state_for_checkpoint(),
                                          "backbone_fingerprint": backbone.fingerprint})
-            version = log_protocol_model(heads_path, backbone_spec_dict(backbone), alias="baseline",
-                                         registered_model=REGISTERED_MODEL,
+            version = log_protocol_model(heads_path, backbone_spec_dict(backbone), name="baseline",
+                                         catalog_dir=catalog_dir, dataset_ref=stable_reference(cfg.prepared),
+                                         example_image=encoded_image(processed.dataset[int(catalog_rows[0])]["image"]),
+                                         alias="baseline", registered_model=REGISTERED_MODEL,
                                          description=f"zero-shot {cfg.model} ({cfg.pretrained}), identity heads",
                                          version_tags={EVALUATION_RUN_TAG: logger.run_id})
             logger.set_tags({"registered.version": version, "registered.alias": "baseline"})
