@@ -106,8 +106,9 @@ def _features(columns: list[str]) -> datasets.Features:
 
 
 def _write_dataset(meta: pd.DataFrame, images: ImageSource, path: Path, expected_sha256: list[str] | None,
-                   shard_rows: int, rows_per_file: int, show_progress: bool) -> list[str]:
-    """Write meta + images as a Dataset at `path`, one shard of images in memory at a time; image hashes.
+                   shard_rows: int, rows_per_file: int, show_progress: bool) -> str:
+    """Write meta + images as a Dataset at `path`, one shard of images in memory at a time; the dataset
+    fingerprint (rows and image hashes).
 
     The layout is `Dataset.save_to_disk`'s (arrow files + dataset_info.json + state.json), written
     by datasets' ArrowWriter directly: save_to_disk itself re-reads up to ~100 MB of images at a
@@ -145,13 +146,15 @@ def _write_dataset(meta: pd.DataFrame, images: ImageSource, path: Path, expected
                 writer.finalize()
             finally:
                 writer.close()
-    dataset = datasets.concatenate_datasets([datasets.Dataset.from_file(str(path / name)) for name in names])
-    dataset.info.write_to_directory(str(path))
-    state = {"_data_files": [{"filename": name} for name in names], "_fingerprint": dataset._fingerprint,
+    # Info and state come from what is already known (features, the content fingerprint):
+    # the written files are not opened again, and datasets' cache key follows the content.
+    fingerprint = dataset_fingerprint(meta, hashes)
+    datasets.DatasetInfo(features=features).write_to_directory(str(path))
+    state = {"_data_files": [{"filename": name} for name in names], "_fingerprint": fingerprint[:16],
              "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
              "_split": None}
     (path / datasets.config.DATASET_STATE_JSON_FILENAME).write_text(json.dumps(state, indent=2, sort_keys=True))
-    return hashes
+    return fingerprint
 
 
 def write_processed(meta: pd.DataFrame, images: ImageSource, out_dir: str | Path, *, source: str,
@@ -172,13 +175,13 @@ def write_processed(meta: pd.DataFrame, images: ImageSource, out_dir: str | Path
     rejects = empty_rejects() if rejects is None else rejects
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        hashes = _write_dataset(meta, images, tmp / DATASET_DIR, expected_sha256, shard_rows, rows_per_file,
-                                show_progress)
+        fingerprint = _write_dataset(meta, images, tmp / DATASET_DIR, expected_sha256, shard_rows, rows_per_file,
+                                     show_progress)
         rejects.reindex(columns=list(REJECT_COLUMNS)).to_csv(tmp / REJECTS, index=False)
         if grounding is not None:
             write_json(tmp / GROUNDING, grounding)
         manifest = {
-            "fingerprint": dataset_fingerprint(meta, hashes),
+            "fingerprint": fingerprint,
             "fingerprint_scheme": FINGERPRINT_SCHEME,
             "n_items": int(len(meta)),
             "n_products": int(meta["group_id"].nunique()),
