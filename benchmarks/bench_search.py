@@ -81,7 +81,8 @@ def timed(fn, meter: PeakRss):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--n_catalog", type=int, default=1_000_000)
     parser.add_argument("--n_queries", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=512)

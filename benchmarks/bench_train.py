@@ -126,7 +126,8 @@ def backbone_step_seconds(repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--steps", type=int, default=300, help="steps per measured run")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--backbone-repeats", type=int, default=2)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import logging
 import sys
 import types
 import typing
 from typing import Any, Callable, get_type_hints
+
+from protocol.io import InputError
 
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
@@ -50,7 +53,8 @@ def parse_value(name: str, raw: str, tp: Any) -> Any:
 
 
 def build_parser(config_cls: type, description: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description or config_cls.__doc__)
+    # No prefix matching: `-P epoch=1` must not quietly become `--epochs 1` while MLflow records `epoch`.
+    parser = argparse.ArgumentParser(description=description or config_cls.__doc__, allow_abbrev=False)
     hints = get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
@@ -68,7 +72,10 @@ def build_parser(config_cls: type, description: str | None = None) -> argparse.A
 
 def parse_config(config_cls: type, argv: list[str] | None = None) -> Any:
     """Parse argv into `config_cls`; the dataclass's own `__post_init__` checks ranges."""
-    args = vars(build_parser(config_cls).parse_args(argv))
+    parsed, unknown = build_parser(config_cls).parse_known_args(argv)
+    if unknown:
+        raise SystemExit(f"error: {_unknown_message(config_cls, unknown)}")
+    args = vars(parsed)
     hints = get_type_hints(config_cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(config_cls):
@@ -86,7 +93,22 @@ def parse_config(config_cls: type, argv: list[str] | None = None) -> Any:
         raise SystemExit(f"error: {e}") from None
 
 
+def _unknown_message(config_cls: type, unknown: list[str]) -> str:
+    names = [f.name for f in dataclasses.fields(config_cls)]
+    options = [u for u in unknown if u.startswith("-")]
+    if not options:
+        return f"unexpected argument(s) {unknown}: every parameter is given as --name value (-P name=value)"
+    name = options[0].lstrip("-").split("=", 1)[0]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown parameter {name!r}; {hint}parameters: {', '.join(names)}"
+
+
 def main(config_cls: type, run: Callable[[Any], Any], argv: list[str] | None = None) -> Any:
+    """Parse, run; bad input (protocol.io.InputError) ends as one `error: ...` line and exit status 1."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = parse_config(config_cls, sys.argv[1:] if argv is None else argv)
-    return run(cfg)
+    try:
+        return run(cfg)
+    except InputError as e:
+        raise SystemExit(f"error: {e}") from None

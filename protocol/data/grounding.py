@@ -45,6 +45,8 @@ _TOKEN = re.compile(r"[a-z0-9]+")
 _CLAUSE_BREAK = re.compile(r"[,;:()/]")
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+|;\s*")
 _TAG = re.compile(r"<[^>]+>")
+# C0 and C1 control characters and DEL, but not tab, newline and carriage return.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SPACE = re.compile(r"\s+")
 
 
@@ -231,12 +233,18 @@ def _alternation(phrases) -> re.Pattern:
 # ---------------------------------------------------------------- text
 
 
+def remove_control_characters(value: str) -> str:
+    """`value` without NUL and the other control characters (tab, newline and CR stay)."""
+    return CONTROL_CHARACTERS.sub("", value)
+
+
 def clean_text(value: object) -> str:
-    """Plain one-line text: HTML tags and entities removed, Unicode normalised, spaces collapsed."""
+    """Plain one-line text: HTML tags and entities removed, Unicode normalised, control characters
+    removed, spaces collapsed."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     text = unicodedata.normalize("NFKC", html.unescape(_TAG.sub(" ", str(value))))
-    return _SPACE.sub(" ", text).strip()
+    return _SPACE.sub(" ", remove_control_characters(text)).strip()
 
 
 def build_text(title: object, description: object) -> str:

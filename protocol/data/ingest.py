@@ -1,11 +1,16 @@
 """Ingest real product data (a CSV/JSONL/Parquet table plus image files, or a Hugging Face
-dataset) into the raw catalog that `protocol.data.prepare.finalize` turns into the
-processed dataset.
+dataset) into the raw catalog (`protocol.data.raw.RawCatalog`) that prepare turns into
+the processed dataset.
 
-A `ColumnMapping` (a preset YAML in protocol/configs/ingest/, or your own) says which
-source column feeds which raw-catalog column. Every source row either becomes one raw
-item or one row of `rejects` (row number, item_id, reason, detail): bad rows are never
-dropped silently, and `strict=True` stops at the first one instead.
+A `ColumnMapping` (protocol.data.mapping: a preset YAML, or your own) says which source
+column feeds which raw-catalog column. Every source row either becomes one raw item or
+one row of `rejects` (row number, item_id, reason, detail): bad rows are never dropped
+silently, and `strict=True` stops at the first one instead.
+
+Images are read once here, to check that they decode, and dropped again: the raw catalog
+keeps where each one is, and prepare reads them a shard at a time when it writes the
+dataset. An image path (a column, or a pattern over the row) must stay inside the image
+folder: absolute paths, `..` and symlinks out of it are rejected as `unsafe_path`, unread.
 """
 
 from __future__ import annotations
@@ -13,27 +18,28 @@ from __future__ import annotations
 import io
 import logging
 import math
-import re
-import string
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Protocol, Sequence
 
 import datasets
 import pandas as pd
-import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from protocol.data.schema import REJECT_COLUMNS, SRC_COLUMNS, validate_raw
-from protocol.io import atomic_path
+from protocol.data.grounding import CONTROL_CHARACTERS
+from protocol.data.mapping import (PATTERN_FORMATTER, ColumnMapping, check_columns, load_mapping,  # noqa: F401
+                                   mapped_value, render_template)
+from protocol.data.processed import image_sha256, write_rejects  # noqa: F401 (write_rejects: public here too)
+from protocol.data.raw import RawCatalog
+from protocol.data.schema import REJECT_COLUMNS, validate_raw
+from protocol.io import InputError, InputNotFoundError, UnsafePathError, contained_path
 
 logger = logging.getLogger(__name__)
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "ingest"
 # The raw catalog's columns in the order ingest returns them (schema.py has the contract).
-RAW_COLUMNS = ("item_id", "product_id", "url", "title", "description", "category1", "category2", "image_bytes")
+RAW_COLUMNS = ("item_id", "product_id", "url", "title", "description", "category1", "category2")
 TABLE_READERS_BY_SUFFIX = {
     ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet",
 }
@@ -41,106 +47,8 @@ TABLE_READERS_BY_SUFFIX = {
 N_EXAMPLES = 5
 
 
-class IngestError(ValueError):
+class IngestError(InputError):
     """A bad row met in strict mode."""
-
-
-@dataclass
-class ColumnMapping:
-    """Which source column feeds which raw-catalog column.
-
-    `title` and `description` are a column name or a template over columns
-    (``"{prod_name} in {colour_group_name}"``); at least one is required.
-    `image` names a column holding an image path relative to image_dir (for a Hugging
-    Face dataset: the `datasets.Image` column); without it, `image_pattern` lists
-    candidate paths tried in order, formatted with the row's columns plus `item_id`
-    (the formatted id), slices allowed: ``"{item_id[:3]}/{item_id}.jpg"``.
-    `id_format` is a format string applied to the source id, e.g. ``"{:0>10}"`` zero-pads
-    to 10 characters. `category_map` maps source categories to the project's category2
-    vocabulary; `value_maps` does the same for category1 and src_* columns. Map lookups
-    ignore case; unmapped values are kept, stripped and lower-cased.
-    """
-
-    item_id: str
-    category2: str
-    title: str | None = None
-    description: str | None = None
-    category1: str | None = None
-    product_id: str | None = None
-    url: str | None = None
-    image: str | None = None
-    image_pattern: list[str] = field(default_factory=list)
-    id_format: str | None = None
-    src_material: str | None = None
-    src_pattern: str | None = None
-    src_color: str | None = None
-    src_neckline: str | None = None
-    src_sleeve: str | None = None
-    category_map: dict[str, str] = field(default_factory=dict)
-    value_maps: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.category_map, self.value_maps = self.category_map or {}, self.value_maps or {}
-        if isinstance(self.image_pattern, str):
-            self.image_pattern = [self.image_pattern]
-        self.image_pattern = list(self.image_pattern or [])
-        if not self.image and not self.image_pattern:
-            raise ValueError("mapping needs `image` (a column of image paths, or a dataset's image column) "
-                             "or `image_pattern` (candidate paths like '{item_id}.jpg')")
-        if not self.title and not self.description:
-            raise ValueError("mapping needs `title` or `description` (a column name or a template)")
-        for spec in (self.title, self.description, *self.image_pattern):
-            if spec:
-                _template_fields(spec)  # raises on malformed braces
-        if self.id_format:
-            try:
-                self.id_format.format("0")
-            except (ValueError, IndexError, KeyError) as e:
-                raise ValueError(f"id_format {self.id_format!r} does not format a string id ({e}); "
-                                 "use a string format like '{:0>10}'") from e
-        for name in ("category_map", "value_maps"):
-            if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{name} must be a mapping, got {type(getattr(self, name)).__name__}")
-        if not all(isinstance(table, dict) for table in self.value_maps.values()):
-            raise ValueError("value_maps must map a column (category1, src_*) to a mapping of values")
-        bad_targets = sorted(set(self.value_maps) - {"category1", *SRC_COLUMNS})
-        if bad_targets:
-            raise ValueError(f"value_maps has keys {bad_targets}; allowed: category1, {', '.join(SRC_COLUMNS)} "
-                             "(category2 values are mapped by `category_map`)")
-        self.category_map = _lookup_table(self.category_map)
-        self.value_maps = {target: _lookup_table(table) for target, table in self.value_maps.items()}
-
-    @property
-    def src_columns(self) -> dict[str, str]:
-        """raw src_* column -> source column, for the labels this source provides."""
-        return {name: getattr(self, name) for name in SRC_COLUMNS if getattr(self, name)}
-
-    def required_columns(self) -> dict[str, list[str]]:
-        """mapping field -> the source columns it reads (every one must exist in the source)."""
-        needs: dict[str, list[str]] = {"item_id": [self.item_id], "category2": [self.category2]}
-        for name in ("category1", "product_id", "url", "image", *SRC_COLUMNS):
-            if getattr(self, name):
-                needs[name] = [getattr(self, name)]
-        for name in ("title", "description"):
-            if getattr(self, name):
-                needs[name] = _template_fields(getattr(self, name))
-        if not self.image:
-            pattern_fields = {name for pattern in self.image_pattern for name in _template_fields(pattern)}
-            needs["image_pattern"] = sorted(pattern_fields - {"item_id"})
-        return {name: cols for name, cols in needs.items() if cols}
-
-
-@dataclass
-class IngestResult:
-    raw: pd.DataFrame  # RAW_COLUMNS + the mapping's src_* columns, one row per accepted item
-    rejects: pd.DataFrame  # REJECT_COLUMNS, one row per skipped source row
-    n_read: int  # source rows read (accepted + rejected)
-
-    def summary(self) -> dict[str, int]:
-        counts = {"n_read": self.n_read, "n_items": len(self.raw), "n_rejected": len(self.rejects)}
-        by_reason = self.rejects["reason"].value_counts()
-        counts.update({f"rejected.{reason}": int(n) for reason, n in by_reason.items()})
-        return counts
 
 
 @dataclass
@@ -151,86 +59,9 @@ class _Rejection:
     detail: str
 
 
-# ---------------------------------------------------------------- mapping
-
-def load_mapping(preset_or_path: str, overrides: dict[str, Any] | None = None) -> ColumnMapping:
-    """A preset name ("hm", "kaggle_fashion") or a YAML path -> ColumnMapping; `overrides` win."""
-    path = Path(preset_or_path)
-    if not path.is_file():
-        path = PRESET_DIR / f"{preset_or_path}.yaml"
-    if not path.is_file():
-        presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"ingest mapping {preset_or_path!r} is neither a YAML file nor a preset; "
-                                f"presets: {presets}")
-    with open(path, encoding="utf-8") as f:
-        values = yaml.safe_load(f) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of keys to columns, got {type(values).__name__}")
-    _check_keys(values, f"{path}")
-    _check_keys(overrides or {}, f"overrides for {path}")
-    values.update(overrides or {})
-    try:
-        return ColumnMapping(**values)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from e
-
-
-def _check_keys(values: dict[str, Any], where: str) -> None:
-    known = [f.name for f in fields(ColumnMapping)]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {known}")
-
-
-def _lookup_table(table: dict[str, str] | None) -> dict[str, str]:
-    return {str(k).strip().lower(): str(v).strip() for k, v in (table or {}).items()}
-
-
-def _map_value(value: str, table: dict[str, str]) -> str:
-    key = value.strip().lower()
-    return table.get(key, key)
-
-
-def _mapped_column(texts: dict[str, str], column: str | None, table: dict[str, str]) -> str:
-    return _map_value(texts[column], table) if column else ""
-
-
-# ---------------------------------------------------------------- templates and cells
-
-class _PatternFormatter(string.Formatter):
-    """str.format that also takes slices in fields: ``{item_id[:3]}`` -> first three characters."""
-
-    _SLICE = re.compile(r"(?P<name>\w+)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]")
-
-    def get_field(self, field_name, args, kwargs):
-        m = self._SLICE.fullmatch(field_name)
-        if m is None:
-            return super().get_field(field_name, args, kwargs)
-        value = self.get_value(m["name"], args, kwargs)
-        start, stop = (int(m[k]) if m[k] else None for k in ("start", "stop"))
-        return value[start:stop], m["name"]
-
-
-_FORMATTER = _PatternFormatter()
-
-
-def _template_fields(spec: str) -> list[str]:
-    """Columns a column-name-or-template reads: "prod_name" -> [prod_name]; "{a} {b[:3]}" -> [a, b]."""
-    if "{" not in spec:
-        return [spec]
-    try:
-        names = [name for _, name, _, _ in _FORMATTER.parse(spec) if name is not None]
-    except ValueError as e:
-        raise ValueError(f"template {spec!r} is malformed ({e})") from e
-    if any(not name for name in names):
-        raise ValueError(f"template {spec!r} has an empty field {{}}: name a column")
-    return list(dict.fromkeys(re.match(r"\w+", name).group(0) for name in names))
-
-
-def _render(spec: str | None, texts: dict[str, str]) -> str:
-    if not spec:
-        return ""
-    return _FORMATTER.vformat(spec, (), texts).strip() if "{" in spec else texts[spec]
+def printable(value: str) -> str:
+    """`value` with control characters shown as \\xNN, for messages and rejects.csv."""
+    return CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
 
 
 def _cell_text(value: Any) -> str:
@@ -255,23 +86,66 @@ def _decode_error(data: bytes) -> str | None:
     return None
 
 
-def _image_candidates(image_root: Path, mapping: ColumnMapping, texts: dict[str, str], item_id: str) -> list[Path]:
-    if mapping.image:
-        return [image_root / texts[mapping.image]] if texts[mapping.image] else []
-    values = {**texts, "item_id": item_id}
-    return [image_root / _FORMATTER.vformat(pattern, (), values) for pattern in mapping.image_pattern]
+class _SourceImages(Protocol):
+    """Where ingest finds a row's image, reads it to check it, and keeps the accepted ones."""
+
+    def locate(self, texts: dict[str, str], item_id: str, position: int) -> tuple[Any, str]:
+        """(a reference to the row's image or None, where it is / why there is none); UnsafePathError."""
+
+    def read(self, ref: Any) -> bytes: ...
+
+    def accept(self, ref: Any) -> None: ...
 
 
-def _hf_image_bytes(cell: Any) -> bytes | None:
-    """Encoded bytes of a `datasets.Image` cell ({bytes, path} or PIL); PNG re-encode only when no bytes exist."""
+@dataclass
+class FileImages:
+    """Image files inside one folder; `fetch` reads them again, a shard at a time, for prepare."""
+
+    root: Path
+    mapping: ColumnMapping
+    paths: list[Path] = field(default_factory=list)  # accepted rows' images, resolved, inside root
+
+    def locate(self, texts: dict[str, str], item_id: str, position: int) -> tuple[Path | None, str]:
+        if self.mapping.image:
+            relative = [texts[self.mapping.image]] if texts[self.mapping.image] else []
+        else:
+            values = {**texts, "item_id": item_id}
+            relative = [PATTERN_FORMATTER.vformat(pattern, (), values) for pattern in self.mapping.image_pattern]
+        candidates = [contained_path(self.root, r, what="image path") for r in relative]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            tried = [str(p) for p in candidates][:3]
+            return None, f"no file at {tried}" if tried else f"column {self.mapping.image!r} is empty"
+        return found, str(found)
+
+    def read(self, ref: Path) -> bytes:
+        return ref.read_bytes()
+
+    def accept(self, ref: Path) -> None:
+        self.paths.append(ref)
+
+    def fetch(self, rows: Sequence[int]) -> list[bytes]:
+        return [self.paths[i].read_bytes() for i in rows]
+
+
+def _dataset_cell_bytes(cell: Any, roots: tuple[Path, ...]) -> bytes | None:
+    """Encoded bytes of a `datasets.Image` cell ({bytes, path} or PIL); a path-only cell must lie in `roots`."""
     if isinstance(cell, dict):
         if cell.get("bytes"):
             return cell["bytes"]
         cell = cell.get("path")
     if isinstance(cell, (bytes, bytearray)):
         return bytes(cell)
-    if isinstance(cell, str) and cell and Path(cell).is_file():
-        return Path(cell).read_bytes()
+    if isinstance(cell, str) and cell:
+        errors = []
+        for root in roots:
+            try:
+                path = contained_path(root, cell, what="image path of the dataset", allow_absolute=True)
+            except UnsafePathError as e:
+                errors.append(str(e))
+                continue
+            return path.read_bytes() if path.is_file() else None
+        raise UnsafePathError("; ".join(errors))
     if isinstance(cell, Image.Image):
         buffer = io.BytesIO()
         cell.save(buffer, format="PNG")
@@ -279,23 +153,49 @@ def _hf_image_bytes(cell: Any) -> bytes | None:
     return None
 
 
+@dataclass
+class DatasetImages:
+    """The image column of a Hugging Face dataset (encoded, not decoded); rows are its positions."""
+
+    dataset: datasets.Dataset          # only the image column, decode=False
+    column: str
+    roots: tuple[Path, ...]            # where path-only cells may point: the dataset's own folder
+    positions: list[int] = field(default_factory=list)  # accepted rows' positions in `dataset`
+
+    def locate(self, texts: dict[str, str], item_id: str, position: int) -> tuple[int | None, str]:
+        return position, f"column {self.column!r}"
+
+    def read(self, ref: int) -> bytes | None:
+        return _dataset_cell_bytes(self.dataset[ref][self.column], self.roots)
+
+    def accept(self, ref: int) -> None:
+        self.positions.append(ref)
+
+    def fetch(self, rows: Sequence[int]) -> list[bytes]:
+        cells = self.dataset.select([self.positions[i] for i in rows])[self.column]
+        return [_dataset_cell_bytes(cell, self.roots) for cell in cells]
+
+
 # ---------------------------------------------------------------- rows
-
-# (texts of the row, its formatted item_id, its raw record) -> (image bytes or None, where from / why not)
-ImageFetcher = Callable[[dict[str, str], str, dict[str, Any]], tuple[bytes | None, str]]
-
 
 def _format_id(raw_id: str, mapping: ColumnMapping) -> str:
     return mapping.id_format.format(raw_id) if raw_id and mapping.id_format else raw_id
 
 
-def _build_item(row: int, texts: dict[str, str], item_id: str, record: dict[str, Any],
-                mapping: ColumnMapping, fetch_image: ImageFetcher) -> dict[str, Any] | _Rejection:
-    """One source row -> one raw item, or why it cannot be one. Cheap checks before the image."""
-    title, description = _render(mapping.title, texts), _render(mapping.description, texts)
+def _build_item(row: int, texts: dict[str, str], item_id: str, position: int, mapping: ColumnMapping,
+                images: _SourceImages) -> tuple[dict[str, Any], Any, str] | _Rejection:
+    """One source row -> (raw item, its image reference, sha256 of the image), or why it cannot be one.
+
+    Cheap checks come before the image is read.
+    """
+    title, description = render_template(mapping.title, texts), render_template(mapping.description, texts)
     if not title and not description:
         return _Rejection(row, item_id, "empty_text", f"{mapping.title!r} and {mapping.description!r} are empty")
-    data, detail = fetch_image(texts, item_id, record)
+    try:
+        ref, detail = images.locate(texts, item_id, position)
+        data = None if ref is None else images.read(ref)
+    except UnsafePathError as e:
+        return _Rejection(row, item_id, "unsafe_path", f"{e}; not read")
     if data is None:
         return _Rejection(row, item_id, "missing_image", detail)
     error = _decode_error(data)
@@ -307,78 +207,81 @@ def _build_item(row: int, texts: dict[str, str], item_id: str, record: dict[str,
         "url": texts[mapping.url] if mapping.url else "",
         "title": title,
         "description": description,
-        "category1": _mapped_column(texts, mapping.category1, mapping.value_maps.get("category1", {})),
-        "category2": _mapped_column(texts, mapping.category2, mapping.category_map),
-        "image_bytes": data,
+        "category1": mapped_value(texts, mapping.category1, mapping.value_maps.get("category1", {})),
+        "category2": mapped_value(texts, mapping.category2, mapping.category_map),
     }
     for target, column in mapping.src_columns.items():
-        item[target] = _mapped_column(texts, column, mapping.value_maps.get(target, {}))
-    return item
+        item[target] = mapped_value(texts, column, mapping.value_maps.get(target, {}))
+    return item, ref, image_sha256(data)
 
 
-def _ingest_records(table: pd.DataFrame, mapping: ColumnMapping, fetch_image: ImageFetcher, source: str,
-                    strict: bool, malformed: dict[int, str] | None = None,
-                    binary_columns: tuple[str, ...] = ()) -> IngestResult:
+def _id_with_control_characters(texts: dict[str, str], item_id: str, mapping: ColumnMapping) -> str | None:
+    """The mapping column of an id holding a control character, or None."""
+    if CONTROL_CHARACTERS.search(item_id):
+        return mapping.item_id
+    if mapping.product_id and CONTROL_CHARACTERS.search(texts[mapping.product_id]):
+        return mapping.product_id
+    return None
+
+
+def _ingest_records(table: pd.DataFrame, mapping: ColumnMapping, images: _SourceImages, source: str,
+                    strict: bool, malformed: dict[int, str] | None = None) -> RawCatalog:
     """Every row of `table` becomes a raw item or a rejection (row numbers are 1-based positions)."""
     malformed = malformed or {}
-    text_columns = [c for c in table.columns if c not in binary_columns]
     items: list[dict[str, Any]] = []
+    hashes: list[str] = []
     rejections: list[_Rejection] = []
     seen: set[str] = set()
     records = table.to_dict("records")
     for position, record in enumerate(tqdm(records, desc=f"ingest {Path(source).name}", unit="item")):
         row = position + 1
-        texts = {c: _cell_text(record[c]) for c in text_columns}
+        texts = {c: _cell_text(v) for c, v in record.items()}
         item_id = _format_id(texts[mapping.item_id], mapping)
+        bad_id_column = _id_with_control_characters(texts, item_id, mapping)
         if position in malformed:
             outcome = _Rejection(row, item_id, "malformed_line", malformed[position])
         elif not item_id:
             outcome = _Rejection(row, "", "missing_item_id", f"column {mapping.item_id!r} is empty")
+        elif bad_id_column:
+            outcome = _Rejection(row, item_id, "control_characters",
+                                 f"column {bad_id_column!r} holds a control character (NUL, ...); not read")
         elif item_id in seen:
             outcome = _Rejection(row, item_id, "duplicate_item_id", "an earlier row has this id; kept that one")
         else:
-            outcome = _build_item(row, texts, item_id, record, mapping, fetch_image)
+            outcome = _build_item(row, texts, item_id, position, mapping, images)
         if item_id:
             seen.add(item_id)
         if isinstance(outcome, _Rejection):
+            outcome.item_id = printable(outcome.item_id)
             if strict:
                 raise IngestError(f"{source}: row {outcome.row} (item_id {outcome.item_id!r}) is bad: "
                                   f"{outcome.reason} ({outcome.detail}); fix it, or ingest without strict "
                                   "to skip such rows into rejects.csv")
             rejections.append(outcome)
         else:
-            items.append(outcome)
-    columns = list(RAW_COLUMNS) + list(mapping.src_columns)
-    result = IngestResult(
-        raw=pd.DataFrame(items, columns=columns),
+            item, ref, sha = outcome
+            items.append(item)
+            images.accept(ref)
+            hashes.append(sha)
+    catalog = RawCatalog(
+        meta=pd.DataFrame(items, columns=[*RAW_COLUMNS, *mapping.src_columns]),
+        images=images, source=source, n_read=len(records), image_sha256=hashes,
         rejects=pd.DataFrame([vars(r) for r in rejections], columns=list(REJECT_COLUMNS)),
-        n_read=len(records),
     )
-    validate_raw(result.raw, f"raw catalog from {source}")
-    _log_summary(result, rejections, source)
-    return result
+    validate_raw(catalog.meta, f"raw catalog from {source}")
+    _log_summary(catalog, rejections)
+    return catalog
 
 
-def _log_summary(result: IngestResult, rejections: list[_Rejection], source: str) -> None:
-    logger.info("ingest %s: %d rows read, %d items, %d rejected", source, result.n_read, len(result.raw),
-                len(rejections))
+def _log_summary(catalog: RawCatalog, rejections: list[_Rejection]) -> None:
+    logger.info("ingest %s: %d rows read, %d items, %d rejected", catalog.source, catalog.n_read,
+                len(catalog.meta), len(rejections))
     if rejections:
         counts = Counter(r.reason for r in rejections)
         examples = "; ".join(f"row {r.row} item {r.item_id!r}: {r.reason} ({r.detail})"
                              for r in rejections[:N_EXAMPLES])
-        logger.warning("ingest %s: rejected %d of %d rows (%s); first: %s", source, len(rejections),
-                       result.n_read, ", ".join(f"{k}: {n}" for k, n in counts.most_common()), examples)
-
-
-def check_columns(columns: list[str], mapping: ColumnMapping, source: str) -> None:
-    """Fail at once when the source lacks a column the mapping reads."""
-    missing = {name: [c for c in cols if c not in columns]
-               for name, cols in mapping.required_columns().items()}
-    missing = {name: cols for name, cols in missing.items() if cols}
-    if missing:
-        what = ", ".join(f"{cols} (for {name})" for name, cols in missing.items())
-        raise ValueError(f"{source} lacks column(s) {what}; it has columns {list(columns)}. "
-                         "Fix the file, or pass a mapping (or overrides) naming the right columns.")
+        logger.warning("ingest %s: rejected %d of %d rows (%s); first: %s", catalog.source, len(rejections),
+                       catalog.n_read, ", ".join(f"{k}: {n}" for k, n in counts.most_common()), examples)
 
 
 # ---------------------------------------------------------------- tables
@@ -416,10 +319,10 @@ def read_table(path: str | Path, limit: int | None = None) -> tuple[pd.DataFrame
     path = Path(path)
     kind = TABLE_READERS_BY_SUFFIX.get(path.suffix.lower())
     if kind is None:
-        raise ValueError(f"{path}: unsupported table type {path.suffix!r}; use one of "
+        raise InputError(f"{path}: unsupported table type {path.suffix!r}; use one of "
                          f"{sorted(TABLE_READERS_BY_SUFFIX)}")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise InputNotFoundError(f"{path} does not exist")
     try:
         if kind == "csv":
             return _read_csv(path, limit)
@@ -428,26 +331,18 @@ def read_table(path: str | Path, limit: int | None = None) -> tuple[pd.DataFrame
         table = pd.read_parquet(path)
         return (table if limit is None else table.head(limit)), {}
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError, OSError) as e:
-        raise ValueError(f"{path}: cannot be read as {kind} ({type(e).__name__}: {e})") from e
+        raise InputError(f"{path}: cannot be read as {kind} ({type(e).__name__}: {e})") from e
 
 
 def ingest_table(table_path: str | Path, image_dir: str | Path, mapping: ColumnMapping,
-                 strict: bool = False, limit: int | None = None) -> IngestResult:
+                 strict: bool = False, limit: int | None = None) -> RawCatalog:
     """A product table + a folder of images -> raw catalog. `limit` caps the source rows read."""
     table_path, image_root = Path(table_path), Path(image_dir)
     if not image_root.is_dir():
-        raise FileNotFoundError(f"image directory {image_root} does not exist (images for {table_path})")
+        raise InputNotFoundError(f"image directory {image_root} does not exist (images for {table_path})")
     table, malformed = read_table(table_path, limit)
     check_columns(list(table.columns), mapping, str(table_path))
-
-    def fetch_image(texts: dict[str, str], item_id: str, record: dict[str, Any]) -> tuple[bytes | None, str]:
-        candidates = _image_candidates(image_root, mapping, texts, item_id)
-        found = next((p for p in candidates if p.is_file()), None)
-        if found is None:
-            return None, f"no file at {[str(p) for p in candidates][:3]}"
-        return found.read_bytes(), str(found)
-
-    return _ingest_records(table, mapping, fetch_image, str(table_path), strict, malformed)
+    return _ingest_records(table, mapping, FileImages(image_root, mapping), str(table_path), strict, malformed)
 
 
 # ---------------------------------------------------------------- Hugging Face datasets
@@ -458,7 +353,7 @@ def load_hf_dataset(name_or_path: str | Path, split: str | None = None):
         try:
             loaded = datasets.load_from_disk(str(name_or_path))
         except FileNotFoundError as e:
-            raise ValueError(f"{name_or_path} is not a dataset saved with save_to_disk ({e})") from e
+            raise InputError(f"{name_or_path} is not a dataset saved with save_to_disk ({e})") from e
     else:
         try:
             loaded = datasets.load_dataset(str(name_or_path), split=split)
@@ -470,16 +365,17 @@ def load_hf_dataset(name_or_path: str | Path, split: str | None = None):
         if split is None and len(loaded) == 1:
             return next(iter(loaded.values()))
         if split not in loaded:
-            raise ValueError(f"{name_or_path} has splits {list(loaded)}; pass split= one of them")
+            raise InputError(f"{name_or_path} has splits {list(loaded)}; pass split= one of them")
         return loaded[split]
     return loaded
 
 
+
 def ingest_hf(name_or_path: str | Path, mapping: ColumnMapping, split: str | None = None,
-              strict: bool = False, limit: int | None = None) -> IngestResult:
+              strict: bool = False, limit: int | None = None) -> RawCatalog:
     """A Hugging Face dataset whose `mapping.image` column holds the images -> raw catalog."""
     if not mapping.image:
-        raise ValueError("ingest_hf needs mapping.image: the name of the dataset's image column")
+        raise InputError("ingest_hf needs mapping.image: the name of the dataset's image column")
     dataset = load_hf_dataset(name_or_path, split)
     source = f"{name_or_path}" + (f" [{split}]" if split else "")
     check_columns(dataset.column_names, mapping, source)
@@ -487,19 +383,11 @@ def ingest_hf(name_or_path: str | Path, mapping: ColumnMapping, split: str | Non
         dataset = dataset.select(range(min(limit, len(dataset))))
     if isinstance(dataset.features[mapping.image], datasets.Image):
         dataset = dataset.cast_column(mapping.image, datasets.Image(decode=False))  # keep the encoded bytes
-    table = dataset.to_pandas()
-
-    def fetch_image(texts: dict[str, str], item_id: str, record: dict[str, Any]) -> tuple[bytes | None, str]:
-        data = _hf_image_bytes(record[mapping.image])
-        return data, f"column {mapping.image!r}" if data is not None else f"column {mapping.image!r} has no image"
-
-    return _ingest_records(table, mapping, fetch_image, source, strict, binary_columns=(mapping.image,))
-
-
-# ---------------------------------------------------------------- rejects
-
-def write_rejects(rejects: pd.DataFrame, path: str | Path) -> Path:
-    """rejects.csv, written atomically; header only when nothing was rejected."""
-    with atomic_path(path) as tmp:
-        rejects.reindex(columns=list(REJECT_COLUMNS)).to_csv(tmp, index=False)
-    return Path(path)
+    # Path-only image cells may point into the dataset's own folder (hub datasets: the datasets cache).
+    local = Path(name_or_path)
+    root = local if local.is_dir() else Path(datasets.config.HF_DATASETS_CACHE)
+    binary = [name for name, feature in dataset.features.items()
+              if isinstance(feature, datasets.Image) or getattr(feature, "dtype", "") in ("binary", "large_binary")]
+    table = dataset.remove_columns(binary).to_pandas()  # text columns only: the images stay on disk
+    images = DatasetImages(dataset.select_columns([mapping.image]), mapping.image, roots=(root,))
+    return _ingest_records(table, mapping, images, source, strict)

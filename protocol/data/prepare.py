@@ -1,7 +1,9 @@
 """Raw catalog -> processed dataset: text, categories, grounded attributes, groups, splits.
 
-`finalize` does the table work; `save_processed` writes the layout that
-`protocol.data.processed.load_processed` reads, atomically, manifest last.
+`prepare_processed(raw, out_dir, ...)` is the whole step: `finalize` does the table work
+on the rows (no images), then `protocol.data.processed.write_processed` streams the
+images into the dataset and writes the directory in one step. `save_processed` writes a
+small finalized table that holds its images in memory (tests, notebooks).
 """
 
 from __future__ import annotations
@@ -9,22 +11,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-import datasets
 import pandas as pd
 from tqdm import tqdm
 
 from protocol.data.group_key import derive_group_ids
-from protocol.data.grounding import (AttributeSchema, build_text, ground_attributes, grounding_report,
-                                     load_attribute_schema, map_category)
-from protocol.data.processed import (DATASET_DIR, FINGERPRINT_SCHEME, GROUNDING, MANIFEST, REJECTS,
-                                     dataset_fingerprint, image_sha256)
-from protocol.data.schema import (ATTRIBUTES, GT_COLUMNS, IMAGE_COLUMN, REJECT_COLUMNS, REQUIRED_COLUMNS,
-                                  SRC_COLUMNS, require_columns, validate_processed, validate_raw)
+from protocol.data.grounding import (CONTROL_CHARACTERS, AttributeSchema, build_text, ground_attributes,
+                                     grounding_report, load_attribute_schema, map_category)
+from protocol.data.processed import (MANIFEST, REJECTS, ROWS_PER_FILE, SHARD_ROWS, write_processed,
+                                     write_rejects)
+from protocol.data.raw import IMAGE_BYTES, ImageSource, InMemoryImages, RawCatalog
+from protocol.data.schema import (ATTRIBUTES, GT_COLUMNS, REJECT_REASONS, REQUIRED_COLUMNS, SRC_COLUMNS,
+                                  SchemaError, require_columns, validate_raw)
 from protocol.data.splits import DEFAULT_FRACTIONS, TestQuota, assign_splits_with_quotas
-from protocol.io import atomic_path, write_json
+from protocol.io import InputError
 from protocol.retrieval.metrics import attribute_column, known_values
 from protocol.scoreboard import focus_classes
 
@@ -58,19 +59,49 @@ class SplitQuotas:
         return quotas
 
 
+# Ids are keys (files, groups, feature-cache rows): one holding a control character is
+# refused, never rewritten, so it cannot silently merge with another id.
+ID_COLUMNS = ("item_id", "product_id")
+# Free-text columns: control characters are removed (and counted) before `text` is built.
+TEXT_COLUMNS = ("title", "description", "url", "category1", "category2")
+
+
 def _strings(series: pd.Series) -> pd.Series:
     return series.fillna("").astype(str).str.strip()
+
+
+def _remove_control_characters(df: pd.DataFrame, columns: list[str]) -> dict[str, int]:
+    """Remove control characters from `columns` in place; rows changed per column (only those > 0)."""
+    for column in ID_COLUMNS:
+        bad = df[column].str.contains(CONTROL_CHARACTERS)
+        if bad.any():
+            raise SchemaError(f"raw catalog: column {column!r} holds control characters (e.g. NUL) in rows "
+                              f"{list(df.index[bad][:5])}; fix those ids in the source (ingest rejects such rows)")
+    removed = {}
+    for column in columns:
+        dirty = df[column].str.contains(CONTROL_CHARACTERS)
+        if dirty.any():
+            df[column] = df[column].str.replace(CONTROL_CHARACTERS, "", regex=True)
+            removed[column] = int(dirty.sum())
+    if removed:
+        logger.warning("removed control characters (NUL etc.) from %s", ", ".join(
+            f"{n} value(s) of {c!r}" for c, n in removed.items()))
+    return removed
 
 
 def finalize(raw: pd.DataFrame, schema: AttributeSchema | None = None,
              fractions: Mapping[str, float] = DEFAULT_FRACTIONS, seed: int = 0,
              show_progress: bool = True, quotas: SplitQuotas | None = None) -> pd.DataFrame:
-    """The processed table: REQUIRED_COLUMNS, then gt_*/src_* when the raw catalog has them, then image_bytes.
+    """The processed table: REQUIRED_COLUMNS, then gt_*/src_* when the raw catalog has them, then
+    image_bytes when the raw catalog holds its images in memory. Row i stays row i.
 
     With `quotas`, the split reserves test groups for the scoreboard's focus classes first;
-    the per-quota report is in `out.attrs["split_quotas"]` (save_processed puts it in the manifest).
+    the per-quota report is in `out.attrs["split_quotas"]`, the control characters removed per
+    column in `out.attrs["control_characters_removed"]` (both go to the manifest).
     """
     validate_raw(raw)
+    if raw.empty:
+        raise SchemaError("raw catalog has no rows: there is nothing to prepare")
     schema = schema or load_attribute_schema()
     df = raw.reset_index(drop=True).copy()
     for column in ("item_id", "product_id", "url", "title", "description", "category1", "category2"):
@@ -78,13 +109,16 @@ def finalize(raw: pd.DataFrame, schema: AttributeSchema | None = None,
     empty_ids = df["item_id"] == ""
     if empty_ids.any():
         raise ValueError(f"raw catalog: column 'item_id' is empty in rows {list(df.index[empty_ids][:5])}")
+    src_columns = [c for c in SRC_COLUMNS if c in df.columns]
+    for column in src_columns:
+        df[column] = _strings(df[column])
+    control_characters = _remove_control_characters(df, [*TEXT_COLUMNS, *src_columns])
 
     df["text"] = [build_text(t, d) for t, d in zip(df["title"], df["description"])]
     mapped = [map_category(c2, schema, c1) for c2, c1 in zip(df["category2"], df["category1"])]
     df["category1"] = [c1 for c1, _ in mapped]
     df["category2"] = [c2 for _, c2 in mapped]
 
-    src_columns = [c for c in SRC_COLUMNS if c in df.columns]
     # Views of a product share their text: ground each distinct (text, category, labels) once.
     keys = ["title", "description", "category2", *src_columns]
     key_table = df[keys].fillna("").astype(str)
@@ -104,55 +138,76 @@ def finalize(raw: pd.DataFrame, schema: AttributeSchema | None = None,
         quotas=quotas.for_table(df) if quotas else ())
 
     extra = [c for c in (*GT_COLUMNS, "gt_product_id", *SRC_COLUMNS) if c in df.columns]
-    out = df[[*REQUIRED_COLUMNS, *extra, "image_bytes"]].copy()
+    out = df[[*REQUIRED_COLUMNS, *extra, *([IMAGE_BYTES] if IMAGE_BYTES in df.columns else [])]].copy()
     out.attrs["split_quotas"] = quota_report
+    out.attrs["control_characters_removed"] = control_characters
     logger.info("finalized %d items, %d groups: %s", len(out), out["group_id"].nunique(),
                 out["split"].value_counts().to_dict())
     return out
 
 
-def _features(columns: list[str]) -> datasets.Features:
-    return datasets.Features({c: datasets.Image() if c == IMAGE_COLUMN else datasets.Value("string")
-                              for c in columns})
+class EmptyCatalogError(InputError):
+    """No source row was accepted; `rejects_path` holds every rejected row."""
+
+    def __init__(self, message: str, rejects_path: Path):
+        super().__init__(message)
+        self.rejects_path = rejects_path
+
+
+def _no_items_error(raw: RawCatalog, out_dir: Path) -> EmptyCatalogError:
+    """Write the rejects where a user finds them, and say why nothing was accepted and what to do."""
+    inside = not (out_dir / MANIFEST).exists()  # never beside another run's complete output
+    rejects_path = write_rejects(raw.rejects, out_dir / REJECTS if inside else
+                                 out_dir.with_name(f"{out_dir.name}.{REJECTS}"))
+    counts = raw.rejects_by_reason()
+    if raw.n_read == 0:
+        cause = "it has no data rows (only a header?)"
+    else:
+        cause = f"all {raw.n_read} rows were rejected ({', '.join(f'{r}: {n}' for r, n in counts.items())})"
+    first = "; ".join(f"row {r.row} item {r.item_id!r}: {r.reason} ({r.detail})"
+                      for r in raw.rejects.head(3).itertuples())
+    todo = "; ".join(f"{r}: {REJECT_REASONS[r]}" for r in counts if r in REJECT_REASONS)
+    return EmptyCatalogError(
+        f"{raw.source}: no item to prepare: {cause}." + (f" First: {first}." if first else "")
+        + (f" What to do: {todo}." if todo else "") + f" Every rejected row is in {rejects_path}.",
+        rejects_path)
+
+
+def _write(table: pd.DataFrame, images: ImageSource, out_dir: Path, source: str, rejects: pd.DataFrame | None,
+           **kwargs) -> dict:
+    meta = table.drop(columns=[IMAGE_BYTES], errors="ignore")
+    grounding = grounding_report(meta) if any(c.startswith("gt_") for c in meta.columns) else None
+    extra = {"split_quotas": table.attrs.get("split_quotas", {}),
+             "control_characters_removed": table.attrs.get("control_characters_removed", {})}
+    return write_processed(meta, images, out_dir, source=source, rejects=rejects, grounding=grounding,
+                           extra=extra, **kwargs)
+
+
+def prepare_processed(raw: RawCatalog, out_dir: str | Path, *, schema: AttributeSchema | None = None,
+                      fractions: Mapping[str, float] = DEFAULT_FRACTIONS, seed: int = 0,
+                      quotas: SplitQuotas | None = None, shard_rows: int = SHARD_ROWS,
+                      rows_per_file: int = ROWS_PER_FILE, show_progress: bool = True) -> dict:
+    """Ground, group and split the raw catalog's rows, then write the processed directory `out_dir`
+    in one step, images streamed a shard at a time; returns the manifest.
+
+    No accepted row is an EmptyCatalogError that names the source and the cause, with the
+    rejects written to `out_dir/rejects.csv`.
+    """
+    out_dir = Path(out_dir)
+    if raw.meta.empty:
+        raise _no_items_error(raw, out_dir)
+    table = finalize(raw.meta, schema, fractions, seed, show_progress, quotas)
+    return _write(table, raw.images, out_dir, raw.source, raw.rejects, n_read=raw.n_read,
+                  expected_sha256=raw.image_sha256, shard_rows=shard_rows, rows_per_file=rows_per_file,
+                  show_progress=show_progress)
 
 
 def save_processed(df: pd.DataFrame, out_dir: str | Path, source: str,
                    rejects: pd.DataFrame | None = None) -> dict:
-    """Write dataset/, rejects.csv, grounding.json (when gt_* exists) and manifest.json (last) under out_dir."""
-    out_dir = Path(out_dir)
-    validate_processed(df, where="finalized table")
-    require_columns(df, ["image_bytes"], "finalized table", "pass the output of finalize()")
-    meta = df.drop(columns=["image_bytes"]).reset_index(drop=True)
-    image_bytes = list(df["image_bytes"])
-    bad = [i for i, b in enumerate(image_bytes) if not isinstance(b, (bytes, bytearray)) or not b]
+    """Write a finalized table that holds its images in an `image_bytes` column (small catalogs, tests)."""
+    require_columns(df, [IMAGE_BYTES], "finalized table", "pass the output of finalize() on a raw DataFrame")
+    images = list(df[IMAGE_BYTES])
+    bad = [i for i, b in enumerate(images) if not isinstance(b, (bytes, bytearray)) or not b]
     if bad:
-        raise ValueError(f"finalized table: column 'image_bytes' is empty or not bytes in rows {bad[:5]}")
-
-    columns = {c: meta[c].fillna("").astype(str).tolist() for c in meta.columns}
-    columns[IMAGE_COLUMN] = [{"bytes": bytes(b), "path": None} for b in image_bytes]
-    dataset = datasets.Dataset.from_dict(columns, features=_features(list(columns)))
-    with atomic_path(out_dir / DATASET_DIR) as tmp:
-        dataset.save_to_disk(str(tmp))
-
-    rejects = pd.DataFrame(columns=list(REJECT_COLUMNS)) if rejects is None else rejects
-    with atomic_path(out_dir / REJECTS) as tmp:
-        rejects.to_csv(tmp, index=False)
-    if any(c.startswith("gt_") for c in meta.columns):
-        write_json(out_dir / GROUNDING, grounding_report(meta))
-
-    manifest = {
-        "fingerprint": dataset_fingerprint(meta, [image_sha256(b) for b in image_bytes]),
-        "fingerprint_scheme": FINGERPRINT_SCHEME,
-        "n_items": int(len(meta)),
-        "n_products": int(meta["group_id"].nunique()),
-        "counts_by_split": {k: int(v) for k, v in meta["split"].value_counts().sort_index().items()},
-        "n_rejects": int(len(rejects)),
-        "split_quotas": df.attrs.get("split_quotas", {}),
-        "source": source,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "columns": list(columns),
-    }
-    write_json(out_dir / MANIFEST, manifest)
-    logger.info("wrote processed dataset %s: %d items, %d rejects [fingerprint %s]", out_dir, len(meta),
-                len(rejects), manifest["fingerprint"][:12])
-    return manifest
+        raise SchemaError(f"finalized table: column 'image_bytes' is empty or not bytes in rows {bad[:5]}")
+    return _write(df, InMemoryImages(images), Path(out_dir), source, rejects, show_progress=False)

@@ -10,11 +10,15 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from protocol.io import InputError
+
 ATTRIBUTES: tuple[str, ...] = ("material", "pattern", "neckline", "sleeve", "color")
 UNKNOWN = "unknown"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
-RAW_REQUIRED_COLUMNS: tuple[str, ...] = ("item_id", "title", "description", "category2", "image_bytes")
+# The raw catalog's rows; its images travel beside them (protocol.data.raw.RawCatalog), or,
+# for a small in-memory catalog, in an extra `image_bytes` column.
+RAW_REQUIRED_COLUMNS: tuple[str, ...] = ("item_id", "title", "description", "category2")
 RAW_OPTIONAL_COLUMNS: tuple[str, ...] = ("product_id", "url", "category1")
 SRC_COLUMNS: tuple[str, ...] = tuple(f"src_{a}" for a in ATTRIBUTES)
 GT_COLUMNS: tuple[str, ...] = tuple(f"gt_{a}" for a in ATTRIBUTES) + ("gt_category2",)
@@ -26,9 +30,21 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 )
 IMAGE_COLUMN = "image"
 REJECT_COLUMNS: tuple[str, ...] = ("row", "item_id", "reason", "detail")
+# Why ingest rejects a row -> what to do about it (the "no item accepted" error quotes these).
+REJECT_REASONS: dict[str, str] = {
+    "malformed_line": "the line has more fields than the header: quote fields that hold commas",
+    "missing_item_id": "fill the id column the mapping names as item_id",
+    "control_characters": "an id holds NUL or another control character: fix the id in the source",
+    "duplicate_item_id": "ids must be unique: the first row with an id is kept",
+    "empty_text": "the mapping's title and description columns are both empty",
+    "unsafe_path": "image paths must be relative and stay inside image_dir",
+    "missing_image": "no image file where the mapping points: check image_dir and the mapping's image or "
+                     "image_pattern",
+    "corrupt_image": "the image file does not decode: replace it",
+}
 
 
-class SchemaError(ValueError):
+class SchemaError(InputError):
     """A table does not have the columns or values the contract requires."""
 
 

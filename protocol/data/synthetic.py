@@ -26,6 +26,7 @@ import pandas as pd
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from protocol.data.raw import RawCatalog
 from protocol.data.schema import UNKNOWN
 
 logger = logging.getLogger(__name__)
@@ -607,48 +608,77 @@ def encode_png(img: Image.Image) -> bytes:
 # ---------------------------------------------------------------- catalog
 
 
-def generate_catalog(n_products: int = 600, seed: int = 0, image_size: int = 224,
-                     show_progress: bool = True) -> pd.DataFrame:
-    """The raw catalog (docs/ARCHITECTURE.md): one row per image, 1-3 per product, with gt_* columns."""
+@dataclass
+class RenderedImages:
+    """Renders a row's view when asked, so a catalog of any size is never in memory at once.
+
+    Each view draws from its own seeded stream: the same seed gives the same bytes, in
+    whatever order and shard size prepare asks for them.
+    """
+
+    products: list[Product]
+    views: list[tuple[int, int]]  # row -> (product index, view number)
+    seed: int
+    image_size: int
+
+    def fetch(self, rows) -> list[bytes]:
+        out = []
+        for row in rows:
+            index, view = self.views[row]
+            rng = np.random.default_rng([self.seed, 4, index, view])
+            out.append(encode_png(render_view(self.products[index], self.image_size, rng, flip=view == 1)))
+        return out
+
+
+def synthetic_catalog(n_products: int = 600, seed: int = 0, image_size: int = 224) -> RawCatalog:
+    """The raw catalog (docs/ARCHITECTURE.md), one row per image, 1-3 per product, with gt_* columns;
+    its images are rendered when prepare fetches them."""
     if n_products < 1:
         raise ValueError(f"n_products must be >= 1, got {n_products}")
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
     products = _plan(n_products, seed)
-    rows = []
-    n_items = sum(p.n_views for p in products)
-    with tqdm(total=n_items, unit="item", desc="rendering synthetic catalog", disable=not show_progress) as bar:
-        for index, p in enumerate(products):
-            rng = np.random.default_rng([seed, 3, index])
-            title, description = _write_text(p, seed, index)
-            has_pid = rng.random() < P_PRODUCT_ID
-            opaque_ids = not has_pid and rng.random() < 0.2
-            url = f"https://shop.example.com/p/{_slug(title)}-{p.code.lower()}"
-            if rng.random() < 0.2:
-                url += f"?colour={p.color}"
-            if not has_pid and not opaque_ids and rng.random() < 0.2:
-                url = ""
-            suffixes = VIEW_SCHEMES[int(rng.integers(len(VIEW_SCHEMES)))]
-            raw_category2 = _choice(rng, RAW_CATEGORY2[p.filed])
-            if p.filed == "trousers" and p.material == "denim" and rng.random() < 0.5:
-                raw_category2 = "Jeans"
-            for v in range(p.n_views):
-                item_id = f"IMG{rng.integers(10**6, 10**7)}" if opaque_ids else f"{p.code}_{suffixes[v]}"
-                image = render_view(p, image_size, rng, flip=v == 1)
-                rows.append({
-                    "item_id": item_id, "product_id": p.code if has_pid else "", "url": url,
-                    "title": title, "description": description,
-                    "category1": CATEGORY1[p.category], "category2": raw_category2,
-                    "image_bytes": encode_png(image),
-                    "gt_material": p.material, "gt_pattern": p.pattern, "gt_neckline": p.neckline,
-                    "gt_sleeve": p.sleeve, "gt_color": p.color, "gt_category2": p.category,
-                    "gt_product_id": p.code,
-                })
-                bar.update(1)
-    df = pd.DataFrame(rows)
-    _dedupe_opaque_ids(df)
-    logger.info("generated %d items of %d products (seed %d, %dpx)", len(df), n_products, seed, image_size)
-    return df
+    rows, views = [], []
+    for index, p in enumerate(products):
+        rng = np.random.default_rng([seed, 3, index])
+        title, description = _write_text(p, seed, index)
+        has_pid = rng.random() < P_PRODUCT_ID
+        opaque_ids = not has_pid and rng.random() < 0.2
+        url = f"https://shop.example.com/p/{_slug(title)}-{p.code.lower()}"
+        if rng.random() < 0.2:
+            url += f"?colour={p.color}"
+        if not has_pid and not opaque_ids and rng.random() < 0.2:
+            url = ""
+        suffixes = VIEW_SCHEMES[int(rng.integers(len(VIEW_SCHEMES)))]
+        raw_category2 = _choice(rng, RAW_CATEGORY2[p.filed])
+        if p.filed == "trousers" and p.material == "denim" and rng.random() < 0.5:
+            raw_category2 = "Jeans"
+        for v in range(p.n_views):
+            item_id = f"IMG{rng.integers(10**6, 10**7)}" if opaque_ids else f"{p.code}_{suffixes[v]}"
+            rows.append({
+                "item_id": item_id, "product_id": p.code if has_pid else "", "url": url,
+                "title": title, "description": description,
+                "category1": CATEGORY1[p.category], "category2": raw_category2,
+                "gt_material": p.material, "gt_pattern": p.pattern, "gt_neckline": p.neckline,
+                "gt_sleeve": p.sleeve, "gt_color": p.color, "gt_category2": p.category,
+                "gt_product_id": p.code,
+            })
+            views.append((index, v))
+    meta = pd.DataFrame(rows)
+    _dedupe_opaque_ids(meta)
+    source = f"synthetic(n_products={n_products}, seed={seed}, image_size={image_size})"
+    logger.info("planned %d items of %d products (seed %d, %dpx)", len(meta), n_products, seed, image_size)
+    return RawCatalog(meta=meta, images=RenderedImages(products, views, seed, image_size), source=source)
+
+
+def generate_catalog(n_products: int = 600, seed: int = 0, image_size: int = 224,
+                     show_progress: bool = True) -> pd.DataFrame:
+    """`synthetic_catalog` with every image rendered into an `image_bytes` column: small catalogs and
+    tests only (prepare streams the images of `synthetic_catalog` instead)."""
+    catalog = synthetic_catalog(n_products, seed, image_size)
+    images = [catalog.images.fetch([row])[0] for row in tqdm(
+        range(len(catalog.meta)), unit="item", desc="rendering synthetic catalog", disable=not show_progress)]
+    return catalog.meta.assign(image_bytes=images)
 
 
 def _dedupe_opaque_ids(df: pd.DataFrame) -> None:

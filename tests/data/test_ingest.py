@@ -104,7 +104,7 @@ def hm(tmp_path: Path) -> dict:
 def test_hm_preset_ingests_prefix_and_flat_images_and_rejects_bad_rows(hm):
     result = ingest_table(hm["csv"], hm["images"], load_mapping("hm"))
 
-    raw = result.raw.set_index("item_id")
+    raw = result.to_frame().set_index("item_id")  # four small images: in memory is fine here
     assert list(raw.index) == ["0108775015", "0108775044", "0110065001", "0706016001"]
     assert result.n_read == len(HM_ROWS)
     assert {k: raw.loc[k, "image_bytes"] for k in raw.index} == hm["bytes"]
@@ -153,7 +153,7 @@ def test_strict_stops_at_first_bad_row_naming_it(hm):
 def test_limit_reads_only_the_first_rows(hm):
     result = ingest_table(hm["csv"], hm["images"], load_mapping("hm"), limit=2)
     assert result.n_read == 2
-    assert list(result.raw["item_id"]) == ["0108775015", "0108775044"]
+    assert list(result.meta["item_id"]) == ["0108775015", "0108775044"]
     assert result.rejects.empty
 
 
@@ -214,13 +214,13 @@ def test_kaggle_preset_counts_malformed_lines_into_rejects(kaggle, image_dir):
     result = ingest_table(kaggle["csv"], folder, load_mapping("kaggle_fashion"))
 
     assert result.n_read == 6
-    assert result.raw[["item_id", "category1", "category2", "src_color"]].values.tolist() == [
+    assert result.meta[["item_id", "category1", "category2", "src_color"]].values.tolist() == [
         ["15970", "tops", "shirts", "navy blue"],
         ["39386", "bottoms", "trousers", "blue"],
         ["21379", "bottoms", "shorts", "black"],
     ]
-    assert list(result.raw["description"]) == ["", "", ""]
-    assert result.raw.loc[0, "title"] == "Turtle Check Men Navy Blue Shirt"
+    assert list(result.meta["description"]) == ["", "", ""]
+    assert result.meta.loc[0, "title"] == "Turtle Check Men Navy Blue Shirt"
     assert result.rejects[["row", "item_id", "reason"]].values.tolist() == [
         [1, "11111", "malformed_line"],
         [4, "59263", "malformed_line"],
@@ -278,14 +278,14 @@ def custom(tmp_path: Path) -> dict:
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_custom_mapping_on_jsonl_and_parquet(custom, fmt):
     result = ingest_table(custom[fmt], custom["images"], load_mapping(str(custom["mapping"])))
-    assert result.raw[["item_id", "title", "category2", "src_material"]].values.tolist() == [
+    assert result.meta[["item_id", "title", "category2", "src_material"]].values.tolist() == [
         ["SKU501", "Acme Leather biker jacket", "jackets", "leather"],
         ["SKU502", "Acme Denim shorts", "shorts", "denim"],
         ["SKU503", "Acme Cardigan", "cardigans", ""],
     ]
-    assert result.raw.loc[0, "image_bytes"] == (custom["images"] / "a" / "501.png").read_bytes()
-    assert list(result.raw.columns) == ["item_id", "product_id", "url", "title", "description", "category1",
-                                        "category2", "image_bytes", "src_material"]
+    assert result.images.fetch([0]) == [(custom["images"] / "a" / "501.png").read_bytes()]
+    assert list(result.meta.columns) == ["item_id", "product_id", "url", "title", "description", "category1",
+                                         "category2", "src_material"]
     assert result.rejects[["row", "item_id", "reason"]].values.tolist() == [
         [4, "SKU502", "duplicate_item_id"],
         [5, "SKU504", "missing_image"],
@@ -348,8 +348,9 @@ def hf_dir(tmp_path: Path) -> dict:
 
 def test_ingest_hf_from_disk_keeps_encoded_bytes(hf_dir):
     result = ingest_hf(hf_dir["single"], hf_mapping())
-    assert result.raw[["item_id", "category2"]].values.tolist() == [["h1", "cardigans"], ["h2", "tees"]]
-    assert result.raw["image_bytes"].tolist() == [hf_dir["png"], hf_dir["jpeg"]]
+    assert result.meta[["item_id", "category2"]].values.tolist() == [["h1", "cardigans"], ["h2", "tees"]]
+    assert result.images.fetch([0, 1]) == [hf_dir["png"], hf_dir["jpeg"]]
+    assert result.images.fetch([1]) == [hf_dir["jpeg"]]  # a shard at a time, by row
     assert result.rejects[["row", "item_id", "reason"]].values.tolist() == [
         [3, "h3", "corrupt_image"],
         [4, "h4", "empty_text"],
@@ -360,7 +361,7 @@ def test_ingest_hf_dataset_dict_needs_a_split(hf_dir):
     with pytest.raises(ValueError, match=r"has splits \['train', 'test'\]; pass split="):
         ingest_hf(hf_dir["splits"], hf_mapping())
     result = ingest_hf(hf_dir["splits"], hf_mapping(), split="test")
-    assert result.raw["item_id"].tolist() == ["h2"]
+    assert result.meta["item_id"].tolist() == ["h2"]
 
 
 def test_ingest_hf_missing_column_and_offline_hub(hf_dir, monkeypatch):

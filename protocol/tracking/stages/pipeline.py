@@ -37,6 +37,9 @@ class PipelineConfig:
     input: str = ""
     image_dir: str = ""
     mapping: str = ""
+    hf_split: str = PrepareConfig.hf_split
+    strict: bool = PrepareConfig.strict
+    limit: int | None = PrepareConfig.limit
     n_products: int = PrepareConfig.n_products
     image_size: int = 224
     seed: int = 0
@@ -62,6 +65,7 @@ class PipelineConfig:
 
     def _prepare_kwargs(self) -> dict[str, Any]:
         return dict(source=self.source, input=self.input, image_dir=self.image_dir, mapping=self.mapping,
+                    hf_split=self.hf_split, strict=self.strict, limit=self.limit,
                     n_products=self.n_products, image_size=self.image_size, seed=self.seed,
                     output_dir=f"{self.work_dir}/prepared")
 

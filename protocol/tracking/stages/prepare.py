@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from protocol.data.figures import distribution_tables, sample_grid
+from protocol.data.processed import SHARD_ROWS
 from protocol.tracking.runs import stage_run
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ class PrepareConfig:
         "help": "the most of a class's items that the test quotas may put in test"})
     strict: bool = field(default=False, metadata={"help": "fail on the first bad row instead of rejecting it"})
     limit: int | None = field(default=None, metadata={"help": "read at most this many source rows"})
+    shard_rows: int = field(default=SHARD_ROWS, metadata={
+        "help": "rows whose images are in memory at once while the dataset is written"})
     output_dir: str = field(default="outputs/prepared", metadata={"help": "where the processed dataset is written"})
 
     def __post_init__(self):
@@ -61,6 +63,8 @@ class PrepareConfig:
                 raise ValueError(f"parameter {name!r} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.quota_max_share <= 1:
             raise ValueError(f"parameter 'quota_max_share' must be in [0, 1], got {self.quota_max_share}")
+        if self.shard_rows < 1:
+            raise ValueError(f"parameter 'shard_rows' must be >= 1, got {self.shard_rows}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"parameter 'limit' must be >= 1, got {self.limit}")
 
@@ -77,39 +81,43 @@ class PrepareConfig:
 
 
 def load_raw(cfg: PrepareConfig):
-    """(raw catalog, rejects or None, source description)."""
+    """The raw catalog (protocol.data.raw.RawCatalog) the config names; its images are not read yet."""
     if cfg.source == "synthetic":
-        from protocol.data.synthetic import generate_catalog
+        from protocol.data.synthetic import synthetic_catalog
 
-        raw = generate_catalog(n_products=cfg.n_products, seed=cfg.seed, image_size=cfg.image_size)
-        return raw, None, f"synthetic(n_products={cfg.n_products}, seed={cfg.seed}, image_size={cfg.image_size})"
+        return synthetic_catalog(n_products=cfg.n_products, seed=cfg.seed, image_size=cfg.image_size)
     from protocol.data import ingest
 
     mapping = ingest.load_mapping(cfg.mapping) if cfg.mapping else None
     if cfg.source == "table":
-        result = ingest.ingest_table(cfg.input, cfg.image_dir, mapping, strict=cfg.strict, limit=cfg.limit)
-    else:
-        result = ingest.ingest_hf(cfg.input, mapping, split=cfg.hf_split or None, strict=cfg.strict, limit=cfg.limit)
-    return result.raw, result.rejects, f"{cfg.source}:{cfg.input}"
+        return ingest.ingest_table(cfg.input, cfg.image_dir, mapping, strict=cfg.strict, limit=cfg.limit)
+    return ingest.ingest_hf(cfg.input, mapping, split=cfg.hf_split or None, strict=cfg.strict, limit=cfg.limit)
 
 
 def run_prepare(cfg: PrepareConfig) -> dict:
-    from protocol.data.prepare import finalize, save_processed
+    from protocol.data.prepare import EmptyCatalogError, prepare_processed
     from protocol.data.processed import load_processed
 
     with stage_run("prepare", cfg, output_dir=cfg.output_dir) as logger:
-        raw, rejects, source = load_raw(cfg)
-        df = finalize(raw, fractions=cfg.fractions, seed=cfg.seed, quotas=cfg.quotas)
+        raw = load_raw(cfg)
         out = logger.output_dir
-        manifest = save_processed(df, out, source=source, rejects=rejects)
+        try:
+            manifest = prepare_processed(raw, out, fractions=cfg.fractions, seed=cfg.seed, quotas=cfg.quotas,
+                                         shard_rows=cfg.shard_rows)
+        except EmptyCatalogError as e:
+            logger.log_artifact(e.rejects_path, "processed")  # the failed run shows what was rejected
+            raise
         processed = load_processed(out)
         meta = processed.meta
-        logger.set_tags({"dataset.fingerprint": processed.fingerprint, "dataset.source": source})
-        n_rejects = 0 if rejects is None else len(rejects)
-        logger.log_metrics({"items": len(meta), "products": meta["group_id"].nunique(), "rejects": n_rejects}
+        logger.set_tags({"dataset.fingerprint": processed.fingerprint, "dataset.source": raw.source})
+        logger.log_metrics({"items": len(meta), "products": meta["group_id"].nunique(),
+                            "rows_read": manifest["n_read"], "rejects": manifest["n_rejects"]}
+                           | {f"rejects.{reason}": n for reason, n in manifest["rejects_by_reason"].items()}
                            | {f"items.{k}": v for k, v in meta["split"].value_counts().items()}
                            | {f"quota.{name}.{k}": v for name, report in manifest["split_quotas"].items()
-                              for k, v in report.items() if k in ("test", "catalog", "reserved")})
+                              for k, v in report.items() if k in ("test", "catalog", "reserved")}
+                           | {f"control_characters_removed.{c}": n
+                              for c, n in manifest["control_characters_removed"].items()})
         logger.log_dataset(processed, context="prepare")
         for name, table in distribution_tables(meta).items():
             logger.log_table(table, f"distributions/{name}.json")
@@ -123,7 +131,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
             logger.log_metrics({f"grounding.{attr}.{k}": v for attr, stats in report.items()
                                 for k, v in stats.items() if isinstance(v, (int, float))})
         logger.log_artifact(out, "processed")
-        log.info("prepared %d items (%d rejected) -> %s [fingerprint %s]", len(meta), n_rejects, out,
+        log.info("prepared %d items (%d rejected) -> %s [fingerprint %s]", len(meta), manifest["n_rejects"], out,
                  processed.fingerprint[:12])
         return {"run_id": logger.run_id, "output_dir": str(out), "fingerprint": processed.fingerprint,
                 "manifest": manifest}
