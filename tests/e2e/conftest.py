@@ -47,10 +47,14 @@ def mlflow_run(entry: str, params: dict[str, str], env: dict, cwd: Path = ROOT) 
     return proc
 
 
-def pipeline_env(uri: str) -> dict:
+def pipeline_env(uri: str, cache_dir: Path | None = None) -> dict:
+    """A pipeline's environment on store `uri`; its input cache beside a sqlite store, else in `cache_dir`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = uri
-    env[CACHE_ENV] = str(Path(uri[len("sqlite:///"):]).parent / "input-cache")
+    if cache_dir is None:
+        assert uri.startswith("sqlite:///"), f"{uri}: give the input cache a folder of its own"
+        cache_dir = Path(uri[len("sqlite:///"):]).parent / "input-cache"
+    env[CACHE_ENV] = str(cache_dir)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     return env

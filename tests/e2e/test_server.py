@@ -67,7 +67,7 @@ def team_server():
 
 
 def start_pipeline(server: TeamServer, work_dir: Path, log: Path, threads: int | None = None, **params):
-    env = pipeline_env(server.uri)
+    env = pipeline_env(server.uri, cache_dir=work_dir.parent / f"{work_dir.name}-input-cache")
     if threads:  # two pipelines on 2 cores: one torch thread each, or their threads fight for the cores
         env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "-e", "pipeline", "--env-manager", "local",
