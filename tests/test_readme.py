@@ -27,6 +27,11 @@ EXPENSIVE = {
     ".venv/bin/mlflow models serve": "serves @champion, which only a full pipeline creates (tests/e2e/test_serve.py)",
     "curl": "talks to that server",
     ".venv/bin/python benchmarks/": "benchmarks take minutes and want a quiet machine",
+    "make server": "starts PostgreSQL and a tracking server that stay up (tests/e2e/test_server.py runs them)",
+    "export MLFLOW_TRACKING_URI=http://": "points the shell at that server",
+    ".venv/bin/mlflow run . -e pipeline": "the whole pipeline on 600 products (tests/e2e runs it on tiny data)",
+    "ray start": "starts a Ray cluster node that stays up (tests/model/test_features_ray.py uses a local Ray)",
+    "RAY_ADDRESS=": "needs that cluster",
 }
 
 

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from protocol.data.group_key import derive_group_ids
 from protocol.data.grounding import (AttributeSchema, build_text, ground_attributes, grounding_report,
                                      load_attribute_schema, map_category)
-from protocol.data.processed import DATASET_DIR, GROUNDING, MANIFEST, REJECTS, dataset_fingerprint
+from protocol.data.processed import (DATASET_DIR, FINGERPRINT_SCHEME, GROUNDING, MANIFEST, REJECTS,
+                                     dataset_fingerprint, image_sha256)
 from protocol.data.schema import (ATTRIBUTES, GT_COLUMNS, IMAGE_COLUMN, REJECT_COLUMNS, REQUIRED_COLUMNS,
                                   SRC_COLUMNS, require_columns, validate_processed, validate_raw)
 from protocol.data.splits import DEFAULT_FRACTIONS, TestQuota, assign_splits_with_quotas
@@ -140,7 +141,8 @@ def save_processed(df: pd.DataFrame, out_dir: str | Path, source: str,
         write_json(out_dir / GROUNDING, grounding_report(meta))
 
     manifest = {
-        "fingerprint": dataset_fingerprint(meta["item_id"], meta["text"], meta["split"], image_bytes),
+        "fingerprint": dataset_fingerprint(meta, [image_sha256(b) for b in image_bytes]),
+        "fingerprint_scheme": FINGERPRINT_SCHEME,
         "n_items": int(len(meta)),
         "n_products": int(meta["group_id"].nunique()),
         "counts_by_split": {k: int(v) for k, v in meta["split"].value_counts().sort_index().items()},

@@ -22,21 +22,26 @@ from protocol.model.feature_inputs import RowReader, input_plan
 log = logging.getLogger(__name__)
 
 PREFETCH_BATCHES = 4  # per worker; decoded batches are small next to the model's memory
+CORES_PER_CPU_WORKER = 8  # on a CPU, a decoding worker per this many cores; see default_num_workers
 
 
 def default_num_workers(device: torch.device) -> int:
     """DataLoader workers when the caller does not say.
 
-    On a CPU the workers and the model's threads share the same cores: measured with
-    benchmarks/bench_features.py on 2 cores (ViT-B-32), one worker beside the model beat
-    two (see the README's "Feature extraction"), so one worker per two cores, at least one.
-    A GPU does the model's work elsewhere, so the workers can use every core but one (the
-    main process feeds the device).
+    On a CPU the workers and the model's threads share the cores, and decoding and
+    preprocessing a product photo costs a few percent of what the model spends on it.
+    A worker then only pays where the model's threads no longer scale: one per
+    CORES_PER_CPU_WORKER cores, none below that (decoding in the main process). Measured
+    with benchmarks/bench_features.py on 2 cores (ViT-B-32, 224 px images, three rounds,
+    ratio to the bare forward): 0 workers 1.13 (images) and 1.35 (texts) on average, 1 worker
+    1.00 and 0.91, 2 workers 0.94 and 0.76 (README, "Feature extraction"). On a GPU the
+    model runs elsewhere and decoding bounds the pipeline: every core but the one that
+    feeds the device.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if device.type == "cuda":
         return max(1, cores - 1)
-    return max(1, cores // 2)
+    return cores // CORES_PER_CPU_WORKER
 
 
 def embed_shards_local(

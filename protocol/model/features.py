@@ -30,12 +30,12 @@ import numpy as np
 from protocol.io import read_json
 from protocol.model import feature_cache as fc
 from protocol.model.backbone import Backbone, FingerprintMismatchError
+from protocol.model.engines import ENGINES
 from protocol.model.extract_local import default_num_workers, embed_shards_local
 from protocol.model.feature_cache import DamagedCacheError, cache_path  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("local", "ray")
 REQUIRED_COLUMNS = ("item_id", "text", "image")
 KINDS = fc.KINDS
 

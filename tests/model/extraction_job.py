@@ -74,9 +74,15 @@ def image_files(directory: Path, n: int, pipes: tuple[int, ...] = ()) -> list[st
 
 
 def unblock(path: str, row: int) -> None:
-    """Feed a blocked reader its image through the pipe, then make the pipe a plain file."""
+    """Feed the reader blocked on the pipe its image (the open waits for that reader), then
+    make the pipe a plain file."""
     with open(path, "wb") as f:
         f.write(drawn_png(row))
+    unpipe(path, row)
+
+
+def unpipe(path: str, row: int) -> None:
+    """Make a named pipe that no one reads any more a plain image file."""
     os.unlink(path)
     Path(path).write_bytes(drawn_png(row))
 
