@@ -11,7 +11,8 @@ and `galleries/*.png`.
 from __future__ import annotations
 
 import json
-import tempfile
+import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from protocol.retrieval.metrics import THIN_BELOW
 from protocol.tracking import registry
+from protocol.tracking.artifact_cache import resolve_input
 from protocol.tracking.runs import EXPERIMENT_NAME, REGISTERED_MODEL, configure, tracking_uri
 
 KEY_METRICS = ("t2i.recall10", "t2i.mrr10", "t2i.category.p10", "t2i.material.p10", "t2i.neckline.p10")
@@ -32,8 +34,8 @@ def _client() -> MlflowClient:
 
 
 def load_runs(experiment: str = EXPERIMENT_NAME) -> pd.DataFrame:
-    """One row per run of `experiment`, oldest first: run_id, run_name, stage, status, start_time,
-    parent_run_id and the KEY_METRICS the run logged (NaN where it logged none)."""
+    """One row per run of `experiment`, oldest first: run_id, run_name, stage, variant, seed, status,
+    start_time, parent_run_id and the KEY_METRICS the run logged (NaN where it logged none)."""
     client = _client()
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -47,16 +49,20 @@ def load_runs(experiment: str = EXPERIMENT_NAME) -> pd.DataFrame:
             "run_id": run.info.run_id,
             "run_name": run.info.run_name,
             "stage": tags.get("stage", ""),
+            "variant": tags.get("variant", ""),
+            "seed": tags.get("seed", ""),
             "status": run.info.status,
             "start_time": pd.Timestamp(run.info.start_time, unit="ms"),
             "parent_run_id": tags.get("mlflow.parentRunId", ""),
             **{m: run.data.metrics.get(m, float("nan")) for m in KEY_METRICS},
         })
-    columns = ["run_id", "run_name", "stage", "status", "start_time", "parent_run_id", *KEY_METRICS]
+    columns = ["run_id", "run_name", "stage", "variant", "seed", "status", "start_time", "parent_run_id",
+               *KEY_METRICS]
     return pd.DataFrame(rows, columns=columns)
 
 
 def _download(run_id: str, artifact_path: str, what: str) -> Path:
+    """A run's artifact as a local path: in place on a local store, else from the input cache."""
     client = _client()
     parent = Path(artifact_path).parent.as_posix()
     parent = None if parent == "." else parent
@@ -65,7 +71,7 @@ def _download(run_id: str, artifact_path: str, what: str) -> Path:
         listing = ", ".join(present) or "nothing"
         raise FileNotFoundError(f"{what}: run {run_id} has no artifact {artifact_path!r} "
                                 f"(under {parent or 'the root'} it has {listing})")
-    return Path(client.download_artifacts(run_id, artifact_path, tempfile.mkdtemp(prefix="protocol-compare-")))
+    return resolve_input(f"runs:/{run_id}/{artifact_path}", what)
 
 
 def version_breakdown(alias: str, attribute: str, mode: str = PRIMARY_MODE) -> pd.DataFrame:
@@ -140,7 +146,7 @@ def plot_comparison(df: pd.DataFrame, title: str) -> Figure:
 
 
 def gallery_paths(alias: str = "champion", dst: str | Path | None = None) -> list[Path]:
-    """The galleries/*.png of the evaluation run behind `@alias`, downloaded (to `dst` or a temp dir)."""
+    """The galleries/*.png of the evaluation run behind `@alias` (copied to `dst` when given)."""
     client = _client()
     version = registry.version_by_alias(alias)
     run_id = registry.evaluation_run_id(version)
@@ -148,22 +154,97 @@ def gallery_paths(alias: str = "champion", dst: str | Path | None = None) -> lis
     if not pngs:
         raise FileNotFoundError(f"@{alias} (version {version.version}): evaluation run {run_id} logged no "
                                 "galleries/*.png (gallery_queries=0?)")
-    dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="protocol-galleries-"))
-    dst.mkdir(parents=True, exist_ok=True)
-    return [Path(client.download_artifacts(run_id, p, str(dst))) for p in sorted(pngs)]
+    paths = [_download(run_id, p, f"@{alias} galleries") for p in sorted(pngs)]
+    if dst is None:
+        return paths
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy(p, Path(dst) / p.name)) for p in paths]
+
+
+# mlflow.log_image(key=..., step=...) files: images/<key, "/" as "~">+step+<step>+timestamp+<ms>+<uuid>.png
+STEPPED_IMAGE = re.compile(r"^images/(?P<key>.+)\+step\+(?P<step>\d+)\+timestamp\+(?P<ts>\d+)\+[^+]+\.png$")
+
+
+def stepped_images(run_id: str, key: str | None = None) -> pd.DataFrame:
+    """The images a run logged with `log_image(key=, step=)`, one row per (key, step), oldest step first:
+    key, step, path (the full-resolution PNG, local)."""
+    client = _client()
+    rows = []
+    for f in client.list_artifacts(run_id, "images"):
+        match = STEPPED_IMAGE.match(f.path)
+        if match and (key is None or match["key"].replace("~", "/") == key):
+            rows.append({"key": match["key"].replace("~", "/"), "step": int(match["step"]), "ts": int(match["ts"]),
+                         "artifact": f.path})
+    df = pd.DataFrame(rows, columns=["key", "step", "ts", "artifact"])
+    # a resumed run may log a step twice: the latest image of each (key, step) is the one that counts
+    df = df.sort_values(["key", "step", "ts"]).drop_duplicates(["key", "step"], keep="last").reset_index(drop=True)
+    df["path"] = [_download(run_id, a, f"run {run_id} images") for a in df["artifact"]]
+    return df[["key", "step", "path"]]
+
+
+def training_run_of(alias: str = "champion") -> str:
+    """The run that trained the version behind `@alias` (its registered source run)."""
+    _client()
+    return registry.version_by_alias(alias).run_id
+
+
+def train_runs(experiment: str = EXPERIMENT_NAME, metrics: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Finished train runs with their variant and seed tags: run_id, run_name, variant, seed, parent_run_id,
+    best.epoch, and `metrics` (default: the val.* headline metrics of KEY_METRICS)."""
+    metrics = metrics or tuple(f"val.{m}" for m in KEY_METRICS)
+    runs = load_runs(experiment)
+    runs = runs[(runs["stage"] == "train") & (runs["status"] == "FINISHED")]
+    client = _client()
+    values = [client.get_run(r).data.metrics for r in runs["run_id"]]
+    df = runs[["run_id", "run_name", "variant", "seed", "parent_run_id"]].reset_index(drop=True)
+    for m in ("best.epoch", *metrics):
+        df[m] = [v.get(m, float("nan")) for v in values]
+    return df
+
+
+def compare_variants(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per variant of `runs` (from train_runs): mean and std of `metric` in points, n seeds, the seeds."""
+    grouped = runs.dropna(subset=[metric]).groupby("variant")
+    df = pd.DataFrame({
+        "mean_points": grouped[metric].mean() * 100,
+        "std_points": grouped[metric].std(ddof=1) * 100,
+        "n_seeds": grouped[metric].size(),
+        "seeds": grouped["seed"].agg(lambda s: ",".join(sorted(s, key=lambda x: (len(x), x)))),
+    })
+    df.attrs["metric"] = metric
+    return df.reset_index()
+
+
+def _latest_finished_run(stage: str, experiment: str) -> str:
+    """The id of the latest finished run tagged `stage`; LookupError says which entry point makes one."""
+    client = _client()
+    exp = client.get_experiment_by_name(experiment)
+    runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.stage = '{stage}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise LookupError(f"no finished {stage} run in experiment {experiment!r}: "
+                          f"run the {stage} stage first (mlflow run . -e {stage})")
+    return runs[0].info.run_id
+
+
+def latest_ablation(experiment: str = EXPERIMENT_NAME) -> tuple[str, dict]:
+    """(run_id, ablation.json) of the latest finished run tagged stage=ablation."""
+    run_id = _latest_finished_run("ablation", experiment)
+    return run_id, json.loads(_download(run_id, "ablation.json", "ablation").read_text())
+
+
+def ablation_table(ablation: dict) -> pd.DataFrame:
+    """ablation.json as rows: variant, metric, mean, std (points), n_seeds, per_seed."""
+    rows = [{"variant": variant, "metric": metric, "mean": s["mean"], "std": s["std"],
+             "n_seeds": len(s["per_seed"]), "per_seed": s["per_seed"]}
+            for variant, by_metric in ablation["variants"].items() for metric, s in by_metric.items()]
+    return pd.DataFrame(rows, columns=["variant", "metric", "mean", "std", "n_seeds", "per_seed"])
 
 
 def latest_scoreboard(experiment: str = EXPERIMENT_NAME) -> tuple[str, str]:
     """(run_id, text of scoreboard.txt) of the latest finished scoreboard run."""
-    client = _client()
-    exp = client.get_experiment_by_name(experiment)
-    runs = [] if exp is None else client.search_runs(
-        [exp.experiment_id], filter_string="tags.stage = 'scoreboard' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        raise LookupError(f"no finished scoreboard run in experiment {experiment!r}: "
-                          "run the scoreboard stage first (mlflow run . -e scoreboard)")
-    run_id = runs[0].info.run_id
+    run_id = _latest_finished_run("scoreboard", experiment)
     return run_id, _download(run_id, "scoreboard.txt", "scoreboard").read_text()
 
 

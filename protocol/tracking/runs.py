@@ -1,10 +1,13 @@
-"""Where runs go and how a stage opens one: the only place that decides tracking URIs.
+"""How a stage opens its run: where it goes, what it is called, what it records.
 
 A stage body runs inside `stage_run(...)`, which
 - resumes the run that `mlflow run` created (MLFLOW_RUN_ID is set),
 - or opens a nested child under an active parent (the pipeline),
 - or starts a fresh run in the `fashion-retrieval` experiment (plain Python use),
-and yields an `MlflowLogger` bound to that run.
+names it after what it does (`describe_run`: `train · full · seed 42`, `pipeline · plain`),
+tags `stage`, `variant` and `seed`, and yields an `MlflowLogger` bound to that run. The store
+itself (URI, lock, artifact folder) is `protocol.tracking.store`'s; inputs are resolved by
+`protocol.tracking.artifact_cache.resolve_input`.
 """
 
 from __future__ import annotations

@@ -106,7 +106,9 @@ def test_load_runs_lists_the_stages(store):
     from protocol.tracking import compare
 
     runs = compare.load_runs()
-    assert {"run_id", "stage", "status", "start_time", *compare.KEY_METRICS} <= set(runs.columns)
+    assert {"run_id", "stage", "variant", "seed", "status", "start_time", *compare.KEY_METRICS} <= set(runs.columns)
+    train = runs[runs["stage"] == "train"].iloc[-1]
+    assert (train["run_name"], train["variant"], train["seed"]) == ("train · full · seed 42", "full", "42")
     assert {"baseline", "evaluate", "scoreboard"} <= set(runs["stage"])
     assert runs["start_time"].is_monotonic_increasing
     baseline = runs[runs["stage"] == "baseline"].iloc[-1]
@@ -174,6 +176,21 @@ def test_gallery_paths_downloads_the_evaluation_galleries(store, tmp_path):
         assert p.is_file() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.e2e
+def test_train_runs_compare_by_variant_and_seed(store):
+    from protocol.tracking import compare
+
+    trained = compare.train_runs()
+    assert list(trained[["variant", "seed"]].itertuples(index=False, name=None)) == [("full", "42")]
+    assert 0.0 <= trained["val.t2i.neckline.p10"].iloc[0] <= 1.0 and trained["best.epoch"].iloc[0] >= 1
+    table = compare.compare_variants(trained, "val.t2i.neckline.p10")
+    row = table.set_index("variant").loc["full"]
+    assert row["n_seeds"] == 1 and row["seeds"] == "42" and np.isnan(row["std_points"])  # one seed: no spread
+    assert row["mean_points"] == pytest.approx(100 * trained["val.t2i.neckline.p10"].iloc[0])
+    with pytest.raises(LookupError, match=r"no finished ablation run.*mlflow run . -e ablation"):
+        compare.latest_ablation()
+
+
 # ---------------------------------------------------------------- the executed notebook
 
 
@@ -188,6 +205,7 @@ def test_notebook_runs_and_shows_the_comparison(executed_notebook, store):
         for value in compare.compare_aliases(attribute)["value"]:
             assert value in text, f"{attribute} value {value!r} missing from the notebook's tables"
     assert "delta_points" in text
+    assert "train · full · seed 42" in text and "per variant (points)" in text
     _, scoreboard = compare.latest_scoreboard()
     assert scoreboard.strip().splitlines()[0] in text
     errors = [o for o in outputs(executed_notebook) if o.output_type == "error"]

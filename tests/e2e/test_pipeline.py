@@ -58,6 +58,32 @@ def test_pipeline_runs_every_stage_as_child_runs(pipeline_store):
     assert "#/experiments/" in pipeline_store.stdout  # the UI link a user needs
 
 
+# the stages that read the processed dataset, and the context they record it under
+DATASET_CONTEXT = {"prepare": "prepare", "baseline": "evaluation", "audit": "training", "groups": "training",
+                   "pairs": "training", "train": "training", "evaluate": "evaluation"}
+
+
+def test_every_run_is_named_and_tagged_and_records_its_dataset(pipeline_store):
+    runs = runs_by_stage(pipeline_store.uri)
+    version = {r: registry.version_for_run(runs[r][0].info.run_id).version for r in ("baseline", "train")}
+    assert runs["pipeline"][0].info.run_name == "pipeline · full"
+    assert runs["train"][0].info.run_name == "train · full · seed 42"
+    assert runs["evaluate"][0].info.run_name == f"evaluate · v{version['train']}"
+    assert runs["scoreboard"][0].info.run_name == f"scoreboard · v{version['baseline']} vs v{version['train']}"
+    assert runs["baseline"][0].info.run_name == "baseline · protocol-tiny (none)"
+    assert {k: runs["train"][0].data.tags[k] for k in ("stage", "variant", "seed")} == \
+        {"stage": "train", "variant": "full", "seed": "42"}
+    exp = runs["train"][0].info.experiment_id
+    assert [r.info.run_id for r in MlflowClient().search_runs([exp], "tags.variant = 'full' and tags.seed = '42'")
+            if r.data.tags["stage"] == "train"] == [runs["train"][0].info.run_id]
+    fingerprint = runs["prepare"][0].data.tags["dataset.fingerprint"]
+    for stage, context in DATASET_CONTEXT.items():
+        (dataset_input,) = runs[stage][0].inputs.dataset_inputs
+        assert dataset_input.dataset.digest == fingerprint[:36], stage
+        assert {t.key: t.value for t in dataset_input.tags} == {"mlflow.data.context": context,
+                                                                "fingerprint": fingerprint}, stage
+
+
 def test_registry_holds_baseline_and_candidate_with_their_evaluations(pipeline_store):
     use_store(pipeline_store.uri)
     runs = runs_by_stage(pipeline_store.uri)

@@ -24,6 +24,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from protocol.data.processed import load_processed
+from protocol.tracking import registry
 from protocol.tracking.artifact_cache import resolve_input
 from protocol.tracking.pyfunc import logged_model_id
 from protocol.tracking.runs import REGISTERED_MODEL
@@ -131,31 +132,57 @@ def test_registered_model_has_a_typed_signature_and_an_input_example(champion_st
     assert inputs["properties"]["image"]["type"] == "binary"
     assert info.signature.params.to_dict() == [{"name": "top_k", "default": TOP_K, "shape": None, "type": "long"}]
     assert set(info.signature.outputs.to_dict()[0]["properties"]) == {"embedding", "matches"}
-    example = json.loads(Path(mlflow.artifacts.download_artifacts(
-        f"models:/{logged_model_id(candidate)}/serving_input_example.json")).read_text())
+    model_dir = resolve_input(f"models:/{logged_model_id(candidate)}", "champion")
+    example = json.loads((model_dir / "serving_input_example.json").read_text())
     assert [set(row) for row in example["inputs"]] == [{"text"}, {"image"}]
 
 
-def test_a_text_query_for_a_class_finds_that_class_above_chance(served_champion, catalog_and_queries):
-    catalog, processed, test_rows = catalog_and_queries
-    share = catalog["category2"].value_counts(normalize=True)
-    queries = processed.meta.iloc[test_rows]
-    queries = queries[queries["category2"].isin(share.index) & (queries["category2"] != "graphic")]
-    status, body = post(served_champion, {"inputs": [{"text": t} for t in queries["text"]], "params": {"top_k": TOP_K}})
+def served_precision(url: str, queries: pd.DataFrame, catalog: pd.DataFrame, column: str) -> tuple[float, float, int]:
+    """(mean p@TOP_K of `column`, its chance level, n) for the text of each query whose value is known.
+
+    Chance: the share of the query's value among catalog items (what a random top-k scores).
+    Same rules as the evaluation: unknown (and, for category, graphic) queries are left out."""
+    known = queries[~queries[column].isin(["unknown", "graphic"])]
+    status, body = post(url, {"inputs": [{"text": t} for t in known["text"]], "params": {"top_k": TOP_K}})
     assert status == 200, body
-    answers = body["predictions"]
-    assert len(answers) == len(queries)
-    precision, chance = [], []
-    for answer, category in zip(answers, queries["category2"]):
+    value_of = dict(zip(catalog["item_id"], catalog[column]))
+    share = catalog[column].value_counts(normalize=True)
+    precision = [np.mean([value_of[m["item_id"]] == value for m in answer["matches"]])
+                 for answer, value in zip(body["predictions"], known[column])]
+    return float(np.mean(precision)), float(np.mean([share.get(v, 0.0) for v in known[column]])), len(known)
+
+
+def test_a_text_query_for_a_class_finds_that_class_above_chance(served_champion, catalog_and_queries, champion_store):
+    """Sleeve length is the class the tiny random backbone of these tests carries into training (above chance
+    in every seed tried); garment category it does not (at or below chance in the evaluation too), so for
+    category the served search must simply reproduce the evaluation's figure on the same queries."""
+    _, _, candidate = champion_store
+    catalog, processed, test_rows = catalog_and_queries
+    queries = processed.meta.iloc[test_rows]
+    evaluation = MlflowClient().get_run(candidate.tags[registry.EVALUATION_RUN_TAG]).data.metrics
+    for column, metric in (("sleeve", "t2i.sleeve.p10"), ("category2", "t2i.category.p10")):
+        precision, chance, n = served_precision(served_champion, queries, catalog, column)
+        print(f"served t2i {column} p@{TOP_K}: {precision:.3f} (evaluation {evaluation[metric]:.3f}), "
+              f"chance {chance:.3f}, n={n} test queries")
+        assert precision == pytest.approx(evaluation[metric], abs=0.01)  # ties may order a few results apart
+        if column == "sleeve":
+            assert precision > chance
+
+
+def test_matches_are_the_top_k_of_the_models_own_catalog(served_champion, catalog_and_queries):
+    catalog, processed, test_rows = catalog_and_queries
+    texts = list(processed.meta["text"].iloc[test_rows[:5]])
+    status, body = post(served_champion, {"inputs": [{"text": t} for t in texts], "params": {"top_k": TOP_K}})
+    assert status == 200, body
+    for answer in body["predictions"]:
         matches = answer["matches"]
         assert len(matches) == TOP_K and set(matches[0]) == {"item_id", "score", "category", "image", "url"}
         assert [m["score"] for m in matches] == sorted((m["score"] for m in matches), reverse=True)
-        assert all(m["item_id"] in set(catalog["item_id"]) for m in matches)  # its own catalog, nothing else
-        precision.append(np.mean([m["category"] == category for m in matches]))
-        chance.append(share[category])
-    print(f"served t2i category p@{TOP_K}: {np.mean(precision):.3f} vs chance {np.mean(chance):.3f} "
-          f"(n={len(precision)} test queries)")
-    assert np.mean(precision) > np.mean(chance)
+        assert {m["item_id"] for m in matches} <= set(catalog["item_id"])  # its own catalog, nothing else
+        category_of = dict(zip(catalog["item_id"], catalog["category2"]))
+        assert all(m["category"] == category_of[m["item_id"]] for m in matches)
+    status, body = post(served_champion, {"inputs": [{"text": texts[0]}]})  # top_k defaults to 10
+    assert status == 200 and len(body["predictions"][0]["matches"]) == TOP_K
 
 
 def test_an_image_query_finds_the_item_itself_and_its_image_reference_opens(served_champion, catalog_and_queries):

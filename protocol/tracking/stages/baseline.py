@@ -59,6 +59,7 @@ def run_baseline(cfg: BaselineConfig) -> dict:
         processed = load_processed(resolve_input(cfg.prepared, "prepared"))
         backbone = create_backbone(BackboneSpec(cfg.model, cfg.pretrained, cfg.backbone_seed))
         logger.set_tags({"dataset.fingerprint": processed.fingerprint, "backbone.fingerprint": backbone.fingerprint})
+        logger.log_dataset(processed, context="evaluation")
         features = extract_features(processed.dataset, processed.fingerprint, backbone, cfg.cache_dir,
                                     batch_size=cfg.batch_size, num_workers=cfg.num_workers, engine=cfg.engine)
         logger.log_metrics({"features.n_computed": features.n_computed, "features.n_items": len(features.item_ids)})

@@ -75,6 +75,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                                         expected_backbone_fingerprint=backbone_fp)
         logger.set_tags({"dataset.fingerprint": processed.fingerprint, "backbone.fingerprint": backbone_fp,
                          "candidate.version": version.version if version else ""})
+        logger.log_dataset(processed, context="evaluation")
         features = load_features(cfg.cache_dir, processed.fingerprint, backbone_fp)  # never the backbone
         heads = ProtocolHeads.from_checkpoint(state)
         image_emb, text_emb = heads.embed_numpy(features.image, features.text)

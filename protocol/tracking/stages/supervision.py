@@ -60,6 +60,7 @@ def run_audit(cfg: AuditConfig) -> dict:
         processed = _load_meta(cfg.prepared)
         meta = processed.meta
         logger.set_tags({"dataset.fingerprint": processed.fingerprint})
+        logger.log_dataset(processed, context="training")
         sample = make_audit_sample(meta, n=cfg.n_items, seed=cfg.seed)
         if cfg.simulate_review:
             if not any(c.startswith("gt_") for c in meta.columns):
@@ -130,6 +131,7 @@ def run_groups(cfg: GroupsConfig) -> dict:
     with stage_run("groups", cfg, output_dir=cfg.output_dir) as logger:
         processed = _load_meta(cfg.prepared)
         logger.set_tags({"dataset.fingerprint": processed.fingerprint})
+        logger.log_dataset(processed, context="training")
         groups = derive_groups(processed.meta)
         out = logger.output_dir
         path = write_groups_json(groups, out / "groups.json")
@@ -235,6 +237,7 @@ def run_pairs(cfg: PairsConfig) -> dict:
     with stage_run("pairs", cfg, output_dir=cfg.output_dir) as logger:
         processed = _load_meta(cfg.prepared)
         logger.set_tags({"dataset.fingerprint": processed.fingerprint})
+        logger.log_dataset(processed, context="training")
         groups = read_groups_json(resolve_input(cfg.groups, "groups"))
         negatives = pd.read_parquet(resolve_input(cfg.hard_negatives, "hard_negatives"))
         pairs, stats = generate_pairs(processed.meta, groups, negatives, mix=cfg.mix(), n_pairs=cfg.n_pairs,

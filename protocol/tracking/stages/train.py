@@ -8,9 +8,14 @@ make of the cached features into that very model and points @candidate at it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import mlflow
+import numpy as np
 
 from protocol.training.config import TrainConfig
 from protocol.tracking.artifact_cache import stable_reference
@@ -83,12 +88,24 @@ def run_train(cfg: TrainStageConfig) -> dict:
                 "best_metric": result.best_metric, "final_metrics": result.final_metrics}
 
 
-class EpochModels:
-    """Each epoch's heads as an MLflow LoggedModel of the train run, linked to that epoch's metrics."""
+EPOCH_GALLERY_KEY = "galleries/weak_classes"  # the train run's Images tab: one step per epoch
+GALLERY_QUERIES_PER_VALUE = 2
+GALLERY_RESULTS = 10
 
-    def __init__(self, logger, backbone_spec: dict):
+
+class EpochModels:
+    """The MLflow side of each epoch: the heads as a LoggedModel of the train run (step = epoch,
+    that epoch's validation metrics linked to it) and the weak-class gallery at that step.
+
+    Kept cheap (it runs every epoch): heads-only weights, no catalog, no input example, no pip
+    inference, one gallery of a few fixed validation queries against the train split.
+    """
+
+    def __init__(self, logger, backbone_spec: dict, processed=None, features=None):
         self.logger, self.backbone_spec = logger, backbone_spec
         self.model_ids: dict[int, str] = {}
+        self.seconds = 0.0  # spent logging, all epochs together
+        self.gallery = EpochGallery(processed, features) if processed is not None else None
 
     def heads_file(self, epoch: int) -> Path:
         return self.logger.output_dir / "models" / f"epoch_{epoch:03d}_heads.pt"
@@ -100,8 +117,62 @@ class EpochModels:
         path = save_checkpoint(self.heads_file(epoch), {"heads": heads.state_for_checkpoint(),
                                                         "backbone_fingerprint": self.backbone_spec["fingerprint"]})
         self.model_ids[epoch] = log_heads_model(path, self.backbone_spec, name=f"epoch-{epoch:03d}", step=epoch,
-                                                metrics=metrics, tags={"epoch": str(epoch), "run_id": self.logger.run_id})
+                                                metrics=metrics, tags={"epoch": str(epoch), "train_run": self.logger.run_id})
         return self.model_ids[epoch]
+
+    def on_epoch_end(self, epoch: int, heads, checkpoint: Path, metrics: dict[str, float]) -> None:
+        """`TrainCallbacks.on_epoch_end`: called once the epoch's checkpoint is written."""
+        start = time.perf_counter()
+        self.log(epoch, heads, metrics)
+        if self.gallery is not None:
+            mlflow.log_image(self.gallery.draw(heads, epoch), key=EPOCH_GALLERY_KEY, step=epoch, synchronous=True)
+        seconds = time.perf_counter() - start
+        self.seconds += seconds
+        log.info("epoch %d: logged model %s%s in %.2fs (val %s)", epoch, self.model_ids[epoch],
+                 " and the weak-class gallery" if self.gallery is not None else "", seconds,
+                 ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
+
+
+class EpochGallery:
+    """The same few validation queries of the weak classes and rare materials (scoreboard spec),
+    ranked against the train split by each epoch's heads, as one gallery image."""
+
+    def __init__(self, processed, features):
+        from protocol.retrieval.metrics import attribute_column
+        from protocol.scoreboard import focus_classes
+        from protocol.tracking.evaluation import image_loader
+
+        meta = processed.meta
+        val = meta[meta["split"] == "val"].sort_values("item_id")
+        rows, labels = [], []
+        for attribute, values in focus_classes().items():
+            for value in values:
+                picked = [r for r in val.index[val[attribute_column(attribute)] == value] if r not in rows]
+                rows += picked[:GALLERY_QUERIES_PER_VALUE]
+                labels += [f"{attribute} = {value}"] * len(picked[:GALLERY_QUERIES_PER_VALUE])
+        catalog_rows = meta.index[meta["split"] == "train"]
+        self.queries, self.labels = meta.loc[rows].reset_index(drop=True), labels
+        self.catalog = meta.loc[catalog_rows].reset_index(drop=True)
+        self.query_text = features.take(self.queries["item_id"])[1]
+        self.catalog_image = features.take(self.catalog["item_id"])[0]
+        # the same thumbnails come back epoch after epoch: decode each once
+        self.load_image = functools.lru_cache(maxsize=1024)(image_loader(processed))
+
+    def draw(self, heads, epoch: int):
+        from protocol.retrieval.gallery import DEFAULT_ATTRIBUTES, GalleryRow, compose_gallery
+        from protocol.retrieval.search import topk
+
+        if len(self.queries) == 0 or len(self.catalog) == 0:
+            rankings = np.empty((0, GALLERY_RESULTS), dtype=np.int64)
+        else:
+            _, query_emb = heads.embed_numpy(None, self.query_text)
+            catalog_emb, _ = heads.embed_numpy(self.catalog_image, None)
+            _, rankings = topk(query_emb, catalog_emb, min(GALLERY_RESULTS, len(self.catalog)), backend="auto",
+                               report={})
+        rows = [GalleryRow(i, rankings[i], label) for i, label in enumerate(self.labels[:len(rankings)])]
+        return compose_gallery(rows, self.queries, self.catalog, self.load_image, DEFAULT_ATTRIBUTES,
+                               title=f"epoch {epoch}: weak classes and rare materials, validation text queries "
+                                     f"vs train images, top-{GALLERY_RESULTS}").image
 
 
 def register_candidate(logger, cfg: TrainStageConfig, model_id: str, heads_file: Path, heads, features,

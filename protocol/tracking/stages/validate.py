@@ -36,6 +36,7 @@ def run_validate(cfg: ValidateConfig) -> dict:
         processed = load_processed(resolve_input(cfg.prepared, "prepared"))
         backbone_fp = state["backbone_fingerprint"]
         logger.set_tags({"dataset.fingerprint": processed.fingerprint, "backbone.fingerprint": backbone_fp})
+        logger.log_dataset(processed, context="evaluation")
         features = load_features(cfg.cache_dir, processed.fingerprint, backbone_fp)
         heads = ProtocolHeads.from_checkpoint(state)
         kwargs = dict(max_catalog=cfg.max_catalog, max_queries=cfg.max_queries, seed=cfg.seed)
