@@ -1,10 +1,11 @@
-"""Exact top-k against numpy brute force; faiss against exact."""
+"""Exact top-k against numpy brute force; faiss against exact; the IVF index against exact (recall) and auto's choice."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from protocol.retrieval.ann import RECALL_QUERIES, RECALL_TARGET, IvfPlan, recall_vs_exact
 from protocol.retrieval.search import merge_topk, topk
 
 
@@ -102,3 +103,111 @@ def test_bad_input_is_refused_with_a_reason():
         topk(q, c, 2, chunk_size=2)
     with pytest.raises(ValueError, match="unknown search backend"):
         topk(q, c, 2, backend="annoy")
+
+
+# ---------------------------------------------------------------- approximate search (IVF)
+
+def clustered_rows(rng, n, centres, spread=0.35):
+    """Unit rows around the given cluster centres: the structure real embeddings have and an index exploits."""
+    x = centres[rng.integers(0, len(centres), n)] + spread * rng.standard_normal((n, centres.shape[1]))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    """A 4,000-row catalog and 3,000 queries: enough queries that an index pays for itself (IvfPlan.pays_off)."""
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((60, 32))
+    return clustered_rows(rng, 3000, centres), clustered_rows(rng, 4000, centres)
+
+
+def recall_at_10(approx_indices, exact_indices):
+    return np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx_indices[:, :10], exact_indices[:, :10])])
+
+
+def test_auto_switches_to_ivf_above_the_threshold_and_reports_its_recall(clustered):
+    queries, catalog = clustered
+    report = {"stale": 1}
+    scores, indices = topk(queries, catalog, 10, backend="auto", report=report, approx_min_catalog=1000)
+    exact_scores, exact_indices = topk(queries, catalog, 10)
+    plan = IvfPlan.for_catalog(len(catalog))
+    assert plan.pays_off(len(queries))
+    assert "stale" not in report  # the report describes this call only
+    assert report["backend"] == "ivf" and report["index"] == "IVFFlat"
+    assert report["nlist"] == plan.nlist == 63 and plan.nprobe_start <= report["nprobe"] <= plan.nprobe_max
+    assert report["n_recall_queries"] == RECALL_QUERIES and report["recall_at"] == 10
+    assert report["n_queries"] == 3000 and report["n_catalog"] == 4000
+    for key in ("build_seconds", "recall_seconds", "search_seconds"):
+        assert report[key] >= 0
+    # the sampled estimate agrees with recall over every query, and both are high on clustered data
+    true_recall = recall_at_10(indices, exact_indices)
+    assert report["recall10_vs_exact"] >= RECALL_TARGET and true_recall >= 0.9
+    assert abs(report["recall10_vs_exact"] - true_recall) < 0.05
+    assert scores.dtype == np.float32 and indices.dtype == np.int64 and indices.shape == (3000, 10)
+    # returned scores are exact inner products of the returned rows, in descending order
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", queries, catalog[indices]), atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_auto_stays_exact_below_the_threshold_or_with_few_queries(clustered):
+    queries, catalog = clustered
+    exact = topk(queries, catalog, 10)
+    for kwargs, reason in (({}, "catalog of 4000 rows < 100000"),
+                           ({"approx_min_catalog": 1000, "q": 500}, "500 queries are too few")):
+        n = kwargs.pop("q", len(queries))
+        report = {}
+        scores, indices = topk(queries[:n], catalog, 10, backend="auto", report=report, **kwargs)
+        assert report["backend"] == "exact" and reason in report["reason"], report
+        assert "recall10_vs_exact" not in report
+        np.testing.assert_array_equal(indices, exact[1][:n])
+        np.testing.assert_allclose(scores, exact[0][:n], atol=1e-6)  # BLAS blocking differs with Q
+
+
+def test_ivf_honours_exclude_and_pads(clustered):
+    _, catalog = clustered
+    rows = np.arange(0, 4000, 2)
+    report = {}
+    scores, indices = topk(catalog[rows], catalog, 5, exclude=rows, backend="ivf", report=report)
+    assert report["backend"] == "ivf" and report["recall10_vs_exact"] >= RECALL_TARGET and report["recall_at"] == 5
+    assert not (indices == rows[:, None]).any()  # the query's own row (its best match) is gone
+    assert (indices >= 0).all()
+    # k beyond the catalog: -1 / -inf padding, as the exact backend pads
+    small = catalog[:40]
+    s, i = topk(small[:3], small, 50, exclude=np.array([0, -1, 2]), backend="ivf")
+    assert (i[:, 40:] == -1).all() and (i[[0, 2], 39] == -1).all() and (i[1, :40] >= 0).all()
+    assert np.isneginf(s[i == -1]).all() and 0 not in i[0] and 2 not in i[2]
+
+
+def test_auto_falls_back_to_exact_when_the_index_misses_the_recall_target():
+    rng = np.random.default_rng(8)
+    # uniform noise in 64 dimensions has no cells to exploit: scanning 1/8 of it finds far too few true neighbours
+    queries, catalog = unit_rows(rng, 3000, 64), unit_rows(rng, 4000, 64)
+    report = {}
+    scores, indices = topk(queries, catalog, 10, backend="auto", report=report, approx_min_catalog=1000)
+    assert report["backend"] == "exact" and "recall" in report["reason"]
+    assert report["recall10_vs_exact"] < RECALL_TARGET and report["nprobe"] == IvfPlan.for_catalog(4000).nprobe_max
+    np.testing.assert_array_equal(indices, topk(queries, catalog, 10)[1])
+    # asked for explicitly, the index answers anyway and says how good it was
+    forced = {}
+    _, approx = topk(queries, catalog, 10, backend="ivf", report=forced)
+    assert forced["backend"] == "ivf" and forced["recall10_vs_exact"] < RECALL_TARGET
+    assert recall_at_10(approx, indices) < RECALL_TARGET
+
+
+def test_recall_vs_exact_counts_boundary_ties_as_found_and_misses_as_missed():
+    exact_scores = np.array([[0.9, 0.8, 0.5], [0.7, -np.inf, -np.inf]], np.float32)
+    exact_indices = np.array([[1, 2, 3], [4, -1, -1]])
+    tie = np.array([[0.9, 0.8, 0.5], [0.7, -np.inf, -np.inf]], np.float32)
+    assert recall_vs_exact(tie, np.array([[1, 2, 7], [4, -1, -1]]), exact_scores, exact_indices, at=3) == 1.0
+    miss = np.array([[0.9, 0.5, 0.4], [0.6, -np.inf, -np.inf]], np.float32)
+    assert recall_vs_exact(miss, np.array([[1, 3, 8], [5, -1, -1]]), exact_scores, exact_indices, at=3) == 0.5
+
+
+def test_ivf_takes_float16_and_refuses_nan_naming_the_row(clustered):
+    queries, catalog = clustered
+    scores, indices = topk(queries[:300], catalog.astype(np.float16), 10, backend="ivf")
+    assert scores.dtype == np.float32 and recall_at_10(indices, topk(queries[:300], catalog, 10)[1]) >= 0.9
+    bad = catalog.copy()
+    bad[3210, 5] = np.nan
+    with pytest.raises(ValueError, match="catalog row 3210 contains NaN"):
+        topk(queries[:300], bad, 10, backend="ivf")
