@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from protocol.io import atomic_path
-from protocol.scoreboard import TABLE_HEADER, THIN_BELOW, Scoreboard, scoreboard_rows
+from protocol.retrieval.metrics import THIN_BELOW
+from protocol.scoreboard import TABLE_HEADER, Scoreboard, scoreboard_rows
 
 log = logging.getLogger(__name__)
 

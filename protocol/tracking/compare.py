@@ -18,12 +18,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
+from protocol.retrieval.metrics import THIN_BELOW
 from protocol.tracking import registry
 from protocol.tracking.runs import EXPERIMENT_NAME, REGISTERED_MODEL, configure, tracking_uri
 
 KEY_METRICS = ("t2i.recall10", "t2i.mrr10", "t2i.category.p10", "t2i.material.p10", "t2i.neckline.p10")
 PRIMARY_MODE = "t2i"
-THIN_BELOW = 5
 
 
 def _client() -> MlflowClient:

@@ -46,6 +46,7 @@ def run_scoreboard(cfg: ScoreboardConfig) -> dict:
     with stage_run("scoreboard", cfg, output_dir=cfg.output_dir) as logger:
         spec = load_targets(cfg.targets or None)
         base_v, cand_v = resolve_version(cfg.baseline), resolve_version(cfg.candidate)
+        logger.name_after(baseline_version=base_v.version, candidate_version=cand_v.version)
         base, cand = (read_metrics(registry.version_eval_dir(v)) for v in (base_v, cand_v))
         board = compute_scoreboard(base.metrics, cand.metrics, spec, base.counts, cand.counts)
         table = format_table(board)
