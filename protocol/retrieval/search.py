@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -25,7 +26,8 @@ from protocol.retrieval.exact import DEFAULT_BLOCK_BYTES, default_chunk_size, ex
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["APPROX_MIN_CATALOG", "BACKENDS", "choose_backend", "default_chunk_size", "merge_topk", "topk"]
+__all__ = ["APPROX_MIN_CATALOG", "BACKENDS", "choose_backend", "combine_reports", "default_chunk_size", "merge_topk",
+           "search_log_entries", "topk"]
 
 BACKENDS = ("exact", "faiss", "ivf", "auto")
 
@@ -104,6 +106,54 @@ def choose_backend(n_queries: int, n_catalog: int, approx_min_catalog: int = APP
         return "exact", (f"auto: {n_queries} queries are too few to pay for an index of "
                          f"{plan.nlist} lists over {n_catalog} rows")
     return "ivf", f"auto: catalog of {n_catalog} rows >= {approx_min_catalog} and {n_queries} queries"
+
+
+def combine_reports(reports: Sequence[dict]) -> dict:
+    """One report for the several searches of one job (evaluation's two galleries, mining's blocks).
+
+    Counts and seconds are summed; `backend` names every backend used ("exact", "ivf" or
+    "exact+ivf"); the index parameters and `recall10_vs_exact` are those of the search with
+    the lowest measured recall (the worst case is what a reader must know), else of the
+    largest catalog searched. `n_searches` / `n_approx_searches` say how many there were.
+    """
+    reports = [r for r in reports if r]
+    if not reports:
+        return {}
+    measured = [r for r in reports if "recall10_vs_exact" in r]
+    headline = (min(measured, key=lambda r: r["recall10_vs_exact"]) if measured
+                else max(reports, key=lambda r: r["n_catalog"]))
+    combined = dict(headline)
+    combined.update(
+        backend="+".join(sorted({r["backend"] for r in reports})),
+        n_searches=len(reports),
+        n_approx_searches=sum(r["backend"] == "ivf" for r in reports),
+        n_queries=sum(r["n_queries"] for r in reports),
+        n_catalog=max(r["n_catalog"] for r in reports),
+    )
+    for key in ("search_seconds", "build_seconds", "recall_seconds"):
+        if any(key in r for r in reports):
+            combined[key] = sum(r.get(key, 0.0) for r in reports)
+    return combined
+
+
+def search_log_entries(report: Mapping, prefix: str = "search") -> tuple[dict[str, float], dict[str, str]]:
+    """(metrics, tags) to log for a `topk` report: numbers become metrics, strings tags, as `<prefix>.<key>`.
+
+    A mapping of reports (e.g. one per evaluation mode) is flattened as `<prefix>.<name>.<key>`.
+    """
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    for key, value in report.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, Mapping):
+            sub_metrics, sub_tags = search_log_entries(value, name)
+            metrics.update(sub_metrics)
+            tags.update(sub_tags)
+        elif isinstance(value, str):
+            tags[name] = value
+        elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            metrics[name] = float(value)
+    return metrics, tags
 
 
 def merge_topk(

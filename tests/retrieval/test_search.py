@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from protocol.retrieval.ann import RECALL_QUERIES, RECALL_TARGET, IvfPlan, recall_vs_exact
-from protocol.retrieval.search import merge_topk, topk
+from protocol.retrieval.search import combine_reports, merge_topk, search_log_entries, topk
 
 
 def brute_force(queries, catalog, k, exclude=None):
@@ -211,3 +212,77 @@ def test_ivf_takes_float16_and_refuses_nan_naming_the_row(clustered):
     bad[3210, 5] = np.nan
     with pytest.raises(ValueError, match="catalog row 3210 contains NaN"):
         topk(queries[:300], bad, 10, backend="ivf")
+
+
+def test_combine_reports_keeps_the_worst_recall_and_sums_the_work():
+    exact = {"backend": "exact", "reason": "small", "n_queries": 10, "n_catalog": 50, "search_seconds": 1.0}
+    good = {"backend": "ivf", "n_queries": 100, "n_catalog": 5000, "nlist": 70, "nprobe": 8,
+            "recall10_vs_exact": 0.99, "search_seconds": 2.0, "build_seconds": 0.5}
+    worse = {**good, "nprobe": 16, "recall10_vs_exact": 0.96, "n_catalog": 3000}
+    combined = combine_reports([exact, good, {}, worse])
+    assert combined["backend"] == "exact+ivf" and combined["n_searches"] == 3 and combined["n_approx_searches"] == 2
+    assert combined["recall10_vs_exact"] == 0.96 and combined["nprobe"] == 16  # the worst search speaks
+    assert combined["n_queries"] == 210 and combined["n_catalog"] == 5000
+    assert combined["search_seconds"] == 5.0 and combined["build_seconds"] == 1.0
+    only_exact = combine_reports([exact, {**exact, "n_catalog": 80}])
+    assert only_exact["backend"] == "exact" and "recall10_vs_exact" not in only_exact and only_exact["n_catalog"] == 80
+    assert combine_reports([{}, {}]) == {}
+
+
+def labelled(rng, n, prefix):
+    """Metadata for `n` items with random attribute values (evaluate_retrieval's required columns)."""
+    from protocol.retrieval.metrics import ATTRIBUTES, attribute_column
+
+    meta = pd.DataFrame({"item_id": [f"{prefix}{i}" for i in range(n)], "group_id": [f"{prefix}g{i // 2}" for i in range(n)]})
+    for attribute in ATTRIBUTES:
+        meta[attribute_column(attribute)] = rng.choice(["a", "b", "c", "unknown"], n)
+    return meta
+
+
+def test_evaluation_above_a_lowered_threshold_is_approximate_and_logs_its_recall(clustered, tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    from protocol.retrieval.metrics import evaluate_retrieval
+    from protocol.tracking.runs import stage_run
+
+    queries, catalog = clustered
+    rng = np.random.default_rng(9)
+    query_meta, catalog_meta = labelled(rng, len(queries), "q"), labelled(rng, len(catalog), "c")
+    args = (query_meta, queries, queries, catalog_meta, catalog, catalog)
+    approx = evaluate_retrieval(*args, modes=("t2i",), approx_min_catalog=1000)
+    exact = evaluate_retrieval(*args, modes=("t2i",))
+
+    search = approx.search["t2i"]
+    # both galleries (4,000 catalog rows; the 3,000 query items) pass the lowered threshold
+    assert search["backend"] == "ivf" and search["n_approx_searches"] == search["n_searches"] == 2
+    assert search["recall10_vs_exact"] >= RECALL_TARGET
+    assert recall_at_10(approx.rankings["t2i"], exact.rankings["t2i"]) >= 0.9
+    assert abs(approx.metrics["t2i.category.p10"] - exact.metrics["t2i.category.p10"]) < 0.02
+    assert exact.search["t2i"]["backend"] == "exact" and "recall10_vs_exact" not in exact.search["t2i"]
+
+    with stage_run("evaluate") as logger:  # as evaluate_and_log logs it
+        metrics, tags = search_log_entries(approx.search)
+        logger.log_metrics(metrics)
+        logger.set_tags(tags)
+    run = MlflowClient().get_run(logger.run_id)
+    assert run.data.metrics["search.t2i.recall10_vs_exact"] == pytest.approx(search["recall10_vs_exact"])
+    assert run.data.metrics["search.t2i.nlist"] == search["nlist"] and run.data.tags["search.t2i.backend"] == "ivf"
+    exact_metrics, exact_tags = search_log_entries(exact.search)
+    assert exact_tags["search.t2i.backend"] == "exact" and "search.t2i.recall10_vs_exact" not in exact_metrics
+
+
+def test_mining_reports_the_search_of_its_blocks():
+    from protocol.data.hard_negatives import mine_hard_negatives
+
+    rng = np.random.default_rng(10)
+    n = 120
+    meta = pd.DataFrame({"item_id": [f"i{i}" for i in range(n)], "group_id": [f"g{i // 2}" for i in range(n)],
+                         "product_id": "", "split": "train", "category2": np.where(np.arange(n) < 80, "tees", "shorts"),
+                         "material": rng.choice(["cotton", "denim"], n), "neckline": rng.choice(["crew", "v-neck"], n),
+                         "pattern": "solid", "sleeve": "short", "color": "black"})
+    report = {"stale": 1}
+    negatives = mine_hard_negatives(meta, unit_rows(rng, n), max_anchors=50, search_report=report)
+    assert len(negatives) and "stale" not in report
+    # one exact search per (split, category2) block, its anchors as queries
+    assert report["backend"] == "exact" and report["n_searches"] == 2 and report["n_approx_searches"] == 0
+    assert negatives["anchor_id"].nunique() <= report["n_queries"] <= 50 and report["n_catalog"] == 80
