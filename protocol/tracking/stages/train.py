@@ -72,7 +72,8 @@ def run_train(cfg: TrainStageConfig) -> dict:
             from protocol.training.checkpoint import load_checkpoint
 
             best_heads = ProtocolHeads.from_checkpoint(load_checkpoint(result.best_path))
-            best_model = epochs.log(result.best_epoch, best_heads)
+            best_val = next(h["val"] for h in result.history if h["epoch"] == result.best_epoch)
+            best_model = epochs.log(result.best_epoch, best_heads, best_val)
             version = register_candidate(logger, cfg, best_model, epochs.heads_file(result.best_epoch), best_heads,
                                          features, baseline_catalog, processed,
                                          description=f"heads trained by run {logger.run_id} (best epoch "
@@ -92,14 +93,14 @@ class EpochModels:
     def heads_file(self, epoch: int) -> Path:
         return self.logger.output_dir / "models" / f"epoch_{epoch:03d}_heads.pt"
 
-    def log(self, epoch: int, heads) -> str:
-        """Log `heads` as the model of `epoch` (step = epoch); the run's metrics at that step link to it."""
+    def log(self, epoch: int, heads, metrics: dict[str, float]) -> str:
+        """Log `heads` as the model of `epoch`, with that epoch's validation `metrics` linked to it (step = epoch)."""
         from protocol.training.checkpoint import save_checkpoint
 
         path = save_checkpoint(self.heads_file(epoch), {"heads": heads.state_for_checkpoint(),
                                                         "backbone_fingerprint": self.backbone_spec["fingerprint"]})
         self.model_ids[epoch] = log_heads_model(path, self.backbone_spec, name=f"epoch-{epoch:03d}", step=epoch,
-                                                tags={"epoch": str(epoch), "run_id": self.logger.run_id})
+                                                metrics=metrics, tags={"epoch": str(epoch), "run_id": self.logger.run_id})
         return self.model_ids[epoch]
 
 
