@@ -29,7 +29,7 @@ from tqdm import tqdm
 from protocol.data.graphic_policy import has_category
 from protocol.data.schema import UNKNOWN
 from protocol.io import atomic_path
-from protocol.retrieval.search import topk
+from protocol.retrieval.search import combine_reports, topk
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ def mine_hard_negatives(
     attributes: Sequence[str] = DEFAULT_ATTRIBUTES,
     splits: Sequence[str] = ("train",),
     seed: int = 0,
+    search_report: dict | None = None,
 ) -> pd.DataFrame:
     """Up to `per_anchor` confusers for each of up to `max_anchors` anchors.
 
@@ -88,6 +89,7 @@ def mine_hard_negatives(
     differ in a known attribute are kept. `attribute` names the first attribute of
     `attributes` that differs (order them by priority); `rank` is 1..per_anchor in order
     of similarity. Returns HARD_NEGATIVE_COLUMNS, one row per (anchor, negative).
+    `search_report`, when given, is filled with what searched the blocks (search.combine_reports).
     """
     attributes = tuple(attributes)
     _check_inputs(meta, image_emb, attributes, splits, per_anchor, candidates, max_anchors)
@@ -102,14 +104,19 @@ def mine_hard_negatives(
     blocks = meta.iloc[eligible_rows].groupby(["split", "category2"], sort=True).indices
     is_anchor = np.zeros(len(meta), dtype=bool)
     is_anchor[anchors] = True
-    found = []
+    found, searches = [], []
     with tqdm(total=len(anchors), unit="item", desc="mine hard negatives") as bar:
         for positions in blocks.values():
             block = eligible_rows[positions]
             anchor_pos = np.flatnonzero(is_anchor[block])
             if len(anchor_pos):
-                found.append(_mine_block(block, anchor_pos, image_emb, codes, products, per_anchor, candidates))
+                searches.append({})
+                found.append(_mine_block(block, anchor_pos, image_emb, codes, products, per_anchor, candidates,
+                                         searches[-1]))
                 bar.update(len(anchor_pos))
+    if search_report is not None:
+        search_report.clear()
+        search_report.update(combine_reports(searches))
     return _to_frame(meta, attributes, found)
 
 
@@ -125,13 +132,14 @@ def sample_anchors(meta: pd.DataFrame, pool: np.ndarray, max_anchors: int, seed:
     return np.sort(sample["_row"].to_numpy())
 
 
-def _mine_block(block, anchor_pos, image_emb, codes, products, per_anchor, candidates):
+def _mine_block(block, anchor_pos, image_emb, codes, products, per_anchor, candidates, search_report):
     """(anchor row, negative row, attribute index, similarity, rank) arrays for one (split, category2) block."""
     k = min(candidates, len(block) - 1)
     if k < 1:
         return None
     emb = np.asarray(image_emb[block], dtype=np.float32)
-    scores, neighbours = topk(emb[anchor_pos], emb, k, exclude=anchor_pos.astype(np.int64))
+    scores, neighbours = topk(emb[anchor_pos], emb, k, exclude=anchor_pos.astype(np.int64), backend="auto",
+                              report=search_report)
     anchor_rows = block[anchor_pos]
     filled = neighbours >= 0
     cand_rows = block[np.where(filled, neighbours, 0)]

@@ -42,7 +42,7 @@ import pandas as pd
 
 from protocol.io import write_json
 from protocol.retrieval.catalog import fuse
-from protocol.retrieval.search import merge_topk, topk
+from protocol.retrieval.search import APPROX_MIN_CATALOG, combine_reports, merge_topk, topk
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class EvalResult:
     rankings: dict[str, np.ndarray]  # mode -> [Q, depth] catalog rows (-1 = no result)
     query_rows: np.ndarray  # rows of `queries` that were used, in ranking order
     ks: tuple[int, ...] = field(default=(1, 5, 10))
+    search: dict[str, dict] = field(default_factory=dict)  # mode -> search.topk report (backend, recall)
 
 
 # ---- attribute values -------------------------------------------------------------
@@ -192,10 +193,13 @@ def evaluate_retrieval(
     fusion_weight: float = 0.5,
     max_queries: int | None = None,
     seed: int = 0,
+    approx_min_catalog: int = APPROX_MIN_CATALOG,
 ) -> EvalResult:
     """Every DESIGN retrieval metric for each mode; embeddings are L2-normalised rows.
 
     `queries` / `catalog` are metadata frames in the row order of their embeddings.
+    Search is `topk(backend="auto")` (approximate from `approx_min_catalog` catalog rows);
+    `EvalResult.search` holds what answered each mode, with its recall vs exact.
     """
     _check_inputs(queries, query_text, query_image, "queries")
     _check_inputs(catalog, catalog_image, catalog_text, "catalog")
@@ -219,6 +223,7 @@ def evaluate_retrieval(
     metrics: dict[str, float] = {}
     counts: dict[str, int] = {}
     rankings: dict[str, np.ndarray] = {}
+    searches: dict[str, dict] = {}
     for mode in modes:
         query_vecs, catalog_vecs, extra_vecs = _mode_vectors(
             mode, query_text[rows], query_image[rows], catalog_image, catalog_text,
@@ -226,11 +231,15 @@ def evaluate_retrieval(
         )
         self_in_catalog = catalog_row_of[rows] if mode == "i2i" else None
         self_in_extra = extra_row_of[rows] if mode == "i2i" else None
-        scores, ranking = topk(query_vecs, catalog_vecs, depth, exclude=self_in_catalog)
+        catalog_search, extra_search = {}, {}
+        scores, ranking = topk(query_vecs, catalog_vecs, depth, exclude=self_in_catalog, backend="auto",
+                               report=catalog_search, approx_min_catalog=approx_min_catalog)
         rankings[mode] = ranking
         _attribute_metrics(mode, query_meta, catalog, ranking, self_in_catalog, ks, metrics, counts)
 
-        extra_scores, extra_ranking = topk(query_vecs, extra_vecs, depth, exclude=self_in_extra)
+        extra_scores, extra_ranking = topk(query_vecs, extra_vecs, depth, exclude=self_in_extra, backend="auto",
+                                           report=extra_search, approx_min_catalog=approx_min_catalog)
+        searches[mode] = combine_reports([catalog_search, extra_search])
         extra_ranking = np.where(extra_ranking >= 0, extra_ranking + len(catalog), -1)
         _, full_ranking = merge_topk(scores, ranking, extra_scores, extra_ranking, depth)
         _product_metrics(mode, group_keys(query_meta), gallery_groups, full_ranking, mode == "i2i", ks, metrics, counts)
@@ -240,7 +249,7 @@ def evaluate_retrieval(
                     ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith(mode) and k.count(".") == 2))
 
     thin = {key for key, n in counts.items() if n < THIN_BELOW}
-    return EvalResult(metrics, counts, thin, rankings, rows, ks)
+    return EvalResult(metrics, counts, thin, rankings, rows, ks, searches)
 
 
 def _check_inputs(meta: pd.DataFrame, first: np.ndarray, second: np.ndarray, what: str) -> None:

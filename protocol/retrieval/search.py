@@ -1,34 +1,43 @@
-"""Top-k inner-product search: exact (chunked matrix product, bounded memory) or faiss.
+"""Top-k inner-product search: exact (chunked matrix product, bounded memory) or faiss, exact or approximate.
 
-Both backends return the same contract: `(scores [Q, k] float32, indices [Q, k] int64)`,
+Every backend returns the same contract: `(scores [Q, k] float32, indices [Q, k] int64)`,
 each row sorted by descending score with ties broken by the lower catalog index, so
 rankings are deterministic. Slots that cannot be filled (k larger than the catalog, or
 the only candidate excluded) hold index -1 and score -inf.
 
-Exact search walks the catalog in row chunks. For each chunk it computes the score
-block with one matrix product and keeps only the entries that beat the running k-th
-score of their query: after the first chunk almost nothing does, so selection costs one
-comparison pass instead of a partition of the whole block. When many entries qualify
-(the first chunk) the chunk's own k-th value, found with `np.partition`, tightens the
-threshold first. Candidates are merged with the running top-k by one `np.lexsort`.
+Backends: `exact` (numpy, `protocol/retrieval/exact.py`), `faiss` (`IndexFlatIP`, exact),
+`ivf` (faiss IVF-Flat, approximate, `protocol/retrieval/ann.py`) and `auto`, which
+searches exactly unless the catalog has at least APPROX_MIN_CATALOG rows AND there are
+enough queries for an index to pay for itself; then IVF, with its recall against exact
+search measured on a sample and the search falling back to exact when the recall target
+is not reached.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Mapping, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
+
+from protocol.retrieval.ann import IvfPlan, flat_topk, ivf_topk
+from protocol.retrieval.exact import DEFAULT_BLOCK_BYTES, default_chunk_size, exact_topk, merge_candidates
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("exact", "faiss", "auto")
+__all__ = ["APPROX_MIN_CATALOG", "BACKENDS", "choose_backend", "combine_reports", "default_chunk_size", "merge_topk",
+           "search_log_entries", "topk"]
 
-# Memory for one score block and its temporaries (float32 scores, a boolean mask and a
-# partition copy: ~9 bytes per score; 12 leaves room for candidate arrays). Small blocks
-# stay in cache for the selection pass and cost no matmul speed at 1,000 queries.
-DEFAULT_BLOCK_BYTES = 64 * 2**20
-_BYTES_PER_SCORE = 12
+BACKENDS = ("exact", "faiss", "ivf", "auto")
+
+# Catalog rows from which `auto` may use the approximate index. Measured on 2 cores with
+# evaluation-shaped work (queries = 0.3 x catalog, as a 20% test split against a 70%
+# catalog; `benchmarks/bench_search.py --sweep`): below this size exact search of all
+# queries takes seconds and IVF (build + recall check + search) is not twice as fast;
+# at this size exact takes ~20 s per mode and IVF is ~3x faster, and the gap grows as N
+# (exact is Q x N = 0.3 N^2, IVF ~ N^1.5).
+APPROX_MIN_CATALOG = 100_000
 
 
 def topk(
@@ -41,6 +50,7 @@ def topk(
     backend: str = "exact",
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     report: dict | None = None,
+    approx_min_catalog: int = APPROX_MIN_CATALOG,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k catalog rows with the highest inner product for every query.
 
@@ -49,22 +59,101 @@ def topk(
     rows per block (chosen from `block_bytes` when None); queries are blocked too so one
     score block never exceeds `block_bytes`. `exclude` [Q] holds one catalog row to drop
     per query (-1 = none). `backend="faiss"` uses `faiss.IndexFlatIP`; it agrees with
-    "exact" except in the order of tied scores at the k-th place. `backend="auto"` picks the
-    search by catalog size. `report`, when given, is filled with what was used
-    (`{"backend": ...}`, and for an approximate index its parameters and measured recall).
+    "exact" except in the order of tied scores at the k-th place. `backend="ivf"` uses an
+    approximate IVF-Flat index; `backend="auto"` chooses (`choose_backend`, with the catalog
+    threshold `approx_min_catalog`).
+
+    `report`, when given, is cleared and filled with what this call used: `backend`
+    ("exact" | "faiss" | "ivf"), `reason` (why auto chose it), `n_queries`, `n_catalog`,
+    `search_seconds`, and for the IVF index `index`, `nlist`, `nprobe`, `train_points`,
+    `build_seconds`, `recall_seconds`, `recall10_vs_exact` (measured on `n_recall_queries`
+    sampled queries searched exactly, at `recall_at` = min(k, 10)) and `recall_target`.
+    Numbers are meant as metrics, strings as tags.
     """
     queries, catalog = _check_matrices(queries, catalog)
     k = _check_k(k)
     exclude = _check_exclude(exclude, len(queries), len(catalog))
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown search backend {backend!r}; use one of {BACKENDS}")
+    report = {} if report is None else report
+    report.clear()
+    requested, reason = backend, f"backend={backend!r} requested"
     if backend == "auto":
-        backend = "exact"
-    if report is not None:
-        report["backend"] = backend
-    if backend == "exact":
-        return _exact_topk(queries, catalog, k, exclude, chunk_size, block_bytes)
+        backend, reason = choose_backend(len(queries), len(catalog), approx_min_catalog)
+    report.update(backend=backend, reason=reason, n_queries=len(queries), n_catalog=len(catalog))
+    start = time.perf_counter()
+    result = None
+    if backend == "ivf":
+        result = ivf_topk(queries, catalog, k, exclude, report, require_recall=requested == "auto")
+        if result is None:
+            report.update(backend="exact", reason=f"auto: IVF recall {report['recall10_vs_exact']:.3f} "
+                                                  f"< target {report['recall_target']} at nprobe={report['nprobe']}")
+            backend = "exact"
     if backend == "faiss":
-        return _faiss_topk(queries, catalog, k, exclude)
-    raise ValueError(f"unknown search backend {backend!r}; use one of {BACKENDS}")
+        result = flat_topk(queries, catalog, k, exclude)
+    elif backend == "exact":
+        result = exact_topk(queries, catalog, k, exclude, chunk_size, block_bytes)
+    report.setdefault("search_seconds", time.perf_counter() - start)
+    return result
+
+
+def choose_backend(n_queries: int, n_catalog: int, approx_min_catalog: int = APPROX_MIN_CATALOG) -> tuple[str, str]:
+    """("exact" | "ivf", why) for `backend="auto"`: IVF only for a big catalog and enough queries to pay for it."""
+    if n_catalog < approx_min_catalog:
+        return "exact", f"auto: catalog of {n_catalog} rows < {approx_min_catalog}"
+    plan = IvfPlan.for_catalog(n_catalog)
+    if not plan.pays_off(n_queries):
+        return "exact", (f"auto: {n_queries} queries are too few to pay for an index of "
+                         f"{plan.nlist} lists over {n_catalog} rows")
+    return "ivf", f"auto: catalog of {n_catalog} rows >= {approx_min_catalog} and {n_queries} queries"
+
+
+def combine_reports(reports: Sequence[dict]) -> dict:
+    """One report for the several searches of one job (evaluation's two galleries, mining's blocks).
+
+    Counts and seconds are summed; `backend` names every backend used ("exact", "ivf" or
+    "exact+ivf"); the index parameters and `recall10_vs_exact` are those of the search with
+    the lowest measured recall (the worst case is what a reader must know), else of the
+    largest catalog searched. `n_searches` / `n_approx_searches` say how many there were.
+    """
+    reports = [r for r in reports if r]
+    if not reports:
+        return {}
+    measured = [r for r in reports if "recall10_vs_exact" in r]
+    headline = (min(measured, key=lambda r: r["recall10_vs_exact"]) if measured
+                else max(reports, key=lambda r: r["n_catalog"]))
+    combined = dict(headline)
+    combined.update(
+        backend="+".join(sorted({r["backend"] for r in reports})),
+        n_searches=len(reports),
+        n_approx_searches=sum(r["backend"] == "ivf" for r in reports),
+        n_queries=sum(r["n_queries"] for r in reports),
+        n_catalog=max(r["n_catalog"] for r in reports),
+    )
+    for key in ("search_seconds", "build_seconds", "recall_seconds"):
+        if any(key in r for r in reports):
+            combined[key] = sum(r.get(key, 0.0) for r in reports)
+    return combined
+
+
+def search_log_entries(report: Mapping, prefix: str = "search") -> tuple[dict[str, float], dict[str, str]]:
+    """(metrics, tags) to log for a `topk` report: numbers become metrics, strings tags, as `<prefix>.<key>`.
+
+    A mapping of reports (e.g. one per evaluation mode) is flattened as `<prefix>.<name>.<key>`.
+    """
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    for key, value in report.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, Mapping):
+            sub_metrics, sub_tags = search_log_entries(value, name)
+            metrics.update(sub_metrics)
+            tags.update(sub_tags)
+        elif isinstance(value, str):
+            tags[name] = value
+        elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            metrics[name] = float(value)
+    return metrics, tags
 
 
 def merge_topk(
@@ -79,7 +168,7 @@ def merge_topk(
         raise ValueError(f"cannot merge rankings of {scores_a.shape[0]} and {scores_b.shape[0]} queries")
     n_queries, width_b = scores_b.shape
     rows_b = np.repeat(np.arange(n_queries), width_b)
-    return _merge_candidates(scores_a, indices_a, rows_b, scores_b.ravel(), indices_b.ravel(), k)
+    return merge_candidates(scores_a, indices_a, rows_b, scores_b.ravel(), indices_b.ravel(), k)
 
 
 def _check_matrices(queries: np.ndarray, catalog: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,99 +206,3 @@ def _check_exclude(exclude: np.ndarray | None, n_queries: int, n_catalog: int) -
         q = int(np.flatnonzero(bad)[0])
         raise ValueError(f"exclude[{q}] = {exclude[q]} is not a catalog row (0..{n_catalog - 1}) or -1")
     return exclude.astype(np.int64)
-
-
-def default_chunk_size(n_queries: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
-    """Catalog rows per block so that a block of all queries fits `block_bytes` (at least 1024)."""
-    return max(1024, block_bytes // (_BYTES_PER_SCORE * max(n_queries, 1)))
-
-
-def _exact_topk(queries, catalog, k, exclude, chunk_size, block_bytes):
-    n_queries, n_catalog = len(queries), len(catalog)
-    chunk_size = int(chunk_size) if chunk_size else default_chunk_size(n_queries, block_bytes)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    query_block = max(1, block_bytes // (_BYTES_PER_SCORE * chunk_size))
-    scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
-    indices = np.full((n_queries, k), -1, dtype=np.int64)
-    logger.debug("exact top-%d: %d queries x %d catalog rows in blocks of %d x %d",
-                 k, n_queries, n_catalog, query_block, chunk_size)
-    with tqdm(total=n_queries * n_catalog, unit="item", unit_scale=True, desc="search", leave=False,
-              disable=n_queries * n_catalog < 200_000_000) as bar:
-        for q0 in range(0, n_queries, query_block):
-            q1 = min(q0 + query_block, n_queries)
-            ex = None if exclude is None else exclude[q0:q1]
-            for c0 in range(0, n_catalog, chunk_size):
-                c1 = min(c0 + chunk_size, n_catalog)
-                _scan_chunk(queries[q0:q1], catalog[c0:c1], c0, scores[q0:q1], indices[q0:q1], ex, k)
-                bar.update((q1 - q0) * (c1 - c0))
-    return scores, indices
-
-
-def _scan_chunk(queries, chunk, offset, run_scores, run_indices, exclude, k):
-    """Fold catalog rows [offset, offset+len(chunk)) into the running top-k, in place."""
-    chunk = np.asarray(chunk, dtype=np.float32)
-    if not np.isfinite(chunk).all():
-        bad = offset + int(np.flatnonzero(~np.isfinite(chunk).all(axis=1))[0])
-        raise ValueError(f"catalog row {bad} contains NaN or inf; rebuild the catalog embeddings")
-    block = queries @ chunk.T
-    if exclude is not None:
-        hit = (exclude >= offset) & (exclude < offset + len(chunk))
-        block[np.flatnonzero(hit), exclude[hit] - offset] = -np.inf
-    # Chunks arrive in increasing row order, so an entry tied with the running k-th score
-    # loses the tie-break to it: strictly greater is the exact condition.
-    threshold = run_scores[:, -1:]
-    mask = block > threshold
-    if np.count_nonzero(mask) > 4 * k * len(queries) and block.shape[1] > k:
-        kth = np.partition(block, block.shape[1] - k, axis=1)[:, block.shape[1] - k, None]
-        mask &= block >= kth
-    # 1-D flatnonzero is ~20x faster than 2-D nonzero on a sparse mask.
-    flat = np.flatnonzero(mask)
-    if flat.size == 0:
-        return
-    rows, cols = np.divmod(flat, block.shape[1])
-    # Late chunks improve few queries: merge only the rows that have candidates.
-    touched, local_rows = np.unique(rows, return_inverse=True)
-    run_scores[touched], run_indices[touched] = _merge_candidates(
-        run_scores[touched], run_indices[touched], local_rows, block.ravel()[flat], cols + offset, k
-    )
-
-
-def _merge_candidates(run_scores, run_indices, rows, cand_scores, cand_indices, k):
-    """Top-k per row of the running [Q, w] ranking plus (row, score, index) candidates."""
-    n_queries, width = run_scores.shape
-    all_rows = np.concatenate([np.repeat(np.arange(n_queries), width), rows])
-    all_scores = np.concatenate([run_scores.ravel(), cand_scores.astype(np.float32, copy=False)])
-    all_indices = np.concatenate([run_indices.ravel(), cand_indices.astype(np.int64, copy=False)])
-    # Padding (-1) must lose every tie, so sort it as the largest index.
-    tie_key = np.where(all_indices < 0, np.iinfo(np.int64).max, all_indices)
-    order = np.lexsort((tie_key, -all_scores, all_rows))
-    per_row = np.bincount(all_rows, minlength=n_queries)
-    starts = np.cumsum(per_row) - per_row
-    slots = np.arange(k)
-    take = starts[:, None] + np.minimum(slots, per_row[:, None] - 1)
-    scores = all_scores[order[take]]
-    indices = all_indices[order[take]]
-    short = slots[None, :] >= per_row[:, None]
-    scores[short], indices[short] = -np.inf, -1
-    indices[scores == -np.inf] = -1
-    return scores, indices
-
-
-def _faiss_topk(queries, catalog, k, exclude):
-    import faiss  # imported here: the exact backend does not need it
-
-    index = faiss.IndexFlatIP(catalog.shape[1])
-    for c0 in range(0, len(catalog), 65536):  # float16 catalogs are widened chunk by chunk
-        index.add(np.ascontiguousarray(catalog[c0 : c0 + 65536], dtype=np.float32))
-    extra = 0 if exclude is None or (exclude < 0).all() else 1
-    scores, indices = index.search(queries, k + extra)
-    indices = indices.astype(np.int64)
-    scores = np.where(indices < 0, -np.inf, scores).astype(np.float32)
-    if extra:
-        dropped = indices == exclude[:, None]
-        scores[dropped], indices[dropped] = -np.inf, -1
-    # Re-sort so ties follow the exact backend's rule and dropped slots go last.
-    rows = np.repeat(np.arange(len(queries)), indices.shape[1])
-    empty = np.empty((len(queries), 0))
-    return _merge_candidates(empty.astype(np.float32), empty.astype(np.int64), rows, scores.ravel(), indices.ravel(), k)

@@ -61,6 +61,7 @@ def evaluate_and_log(logger: RunLogger, cfg: EvalConfigMixin, processed, image_e
                      text_emb: np.ndarray, eval_dir: Path, *, fusion_weight: float | None = None):
     """Evaluate embeddings of every dataset row (catalog and queries), write eval/*.json, log it all."""
     from protocol.retrieval.metrics import by_attribute_table, evaluate_retrieval, write_eval_json
+    from protocol.retrieval.search import search_log_entries
 
     meta = processed.meta
     cat, qry = cfg.catalog_rows(meta), cfg.query_rows(meta)
@@ -75,6 +76,9 @@ def evaluate_and_log(logger: RunLogger, cfg: EvalConfigMixin, processed, image_e
     )
     write_eval_json(result, eval_dir)
     logger.log_metrics(result.metrics)
+    search_metrics, search_tags = search_log_entries(result.search)  # search.<mode>.*: backend, recall10_vs_exact
+    logger.log_metrics(search_metrics)
+    logger.set_tags(search_tags)
     for attribute in BREAKDOWN_ATTRIBUTES:
         logger.log_table(by_attribute_table(result, attribute), f"tables/metrics_by_{attribute}.json")
     log_galleries(logger, cfg, processed, queries, catalog, result)

@@ -181,15 +181,21 @@ class MineConfig:
 def run_mine(cfg: MineConfig) -> dict:
     from protocol.data.hard_negatives import mine_hard_negatives, summarize_hard_negatives, write_hard_negatives
     from protocol.retrieval.catalog import load_catalog
+    from protocol.retrieval.search import search_log_entries
     from protocol.tracking.evaluation import split_list
 
     with stage_run("mine", cfg, output_dir=cfg.output_dir) as logger:
         catalog = load_catalog(resolve_input(cfg.catalog, "catalog"))
         logger.set_tags({"dataset.fingerprint": catalog.manifest["dataset_fingerprint"],
                          "backbone.fingerprint": catalog.manifest["backbone_fingerprint"]})
+        search = {}
         negatives = mine_hard_negatives(catalog.meta, catalog.image, max_anchors=cfg.max_anchors,
                                         per_anchor=cfg.per_anchor, candidates=cfg.candidates,
-                                        attributes=tuple(split_list(cfg.attributes)), seed=cfg.seed)
+                                        attributes=tuple(split_list(cfg.attributes)), seed=cfg.seed,
+                                        search_report=search)
+        search_metrics, search_tags = search_log_entries(search)  # search.*: backend, recall10_vs_exact
+        logger.log_metrics(search_metrics)
+        logger.set_tags(search_tags)
         path = write_hard_negatives(negatives, logger.output_dir / "hard_negatives.parquet")
         summary = summarize_hard_negatives(negatives)
         logger.log_dict(summary, "mine/summary.json")
