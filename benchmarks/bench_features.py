@@ -1,6 +1,6 @@
 """End-to-end feature extraction vs the bare model forward, measured in one run.
 
-Extraction (`extract_features` on a freshly generated dataset of PNG images and texts,
+Extraction (`extract_features` on a freshly generated dataset of images and texts,
 into a temp cache) must keep the model busy: decoding, preprocessing and tokenising
 happen in DataLoader workers. The reference is the bare forward on tensors made
 beforehand (images preprocessed, texts tokenised) with the same batch size. The bare
@@ -8,7 +8,10 @@ forward runs before and after the extraction and the ratio uses their mean, so a
 machine that gets busier or quieter during the run skews the ratio less; the CPU-time
 ratio (main process + workers vs the bare forward) is steadier still on a shared machine.
 
-    python benchmarks/bench_features.py --model ViT-B-32 --n 256 --batch_size 32 --num_workers 2
+    python benchmarks/bench_features.py --model ViT-B-32 --n 256 --batch_size 32
+    python benchmarks/bench_features.py --n 4096 --batch_size 256 --image_format jpeg --image_size 800   # a GPU
+
+It ends with one line of both ratios (images and texts vs the bare forward).
 """
 
 from __future__ import annotations
@@ -27,15 +30,16 @@ from PIL import Image, ImageDraw
 
 from protocol.io import read_json
 from protocol.model.backbone import Backbone, BackboneSpec, create_backbone
-from protocol.model.features import cache_path, extract_features
+from protocol.model.extract_local import default_num_workers
+from protocol.model.features import ENGINES, cache_path, extract_features
 
 COLORS = ["black", "white", "red", "navy", "beige", "olive", "grey", "pink"]
 GARMENTS = ["cardigan", "shorts", "tee", "jacket", "dress", "skirt", "jeans", "blouse"]
 MATERIALS = ["denim", "leather", "cotton", "wool", "linen", "silk"]
 
 
-def drawn_png(rng: np.random.Generator, size: int) -> bytes:
-    """A product-photo-sized PNG: a light background with a few coloured shapes."""
+def drawn_image(rng: np.random.Generator, size: int, image_format: str) -> bytes:
+    """A product-photo-sized image: a light background with a few coloured shapes."""
     image = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(200, 256, 3)))
     draw = ImageDraw.Draw(image)
     for _ in range(4):
@@ -43,7 +47,7 @@ def drawn_png(rng: np.random.Generator, size: int) -> bytes:
         x1, y1 = (int(v) for v in rng.integers(size // 2, size, 2))
         draw.rectangle((x0, y0, x1, y1), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
     out = io.BytesIO()
-    image.save(out, "PNG")
+    image.save(out, image_format.upper())
     return out.getvalue()
 
 
@@ -55,13 +59,13 @@ def product_text(rng: np.random.Generator) -> str:
     )
 
 
-def make_dataset(n: int, image_size: int, seed: int = 0) -> datasets.Dataset:
+def make_dataset(n: int, image_size: int, image_format: str, seed: int = 0) -> datasets.Dataset:
     rng = np.random.default_rng(seed)
     return datasets.Dataset.from_dict(
         {
             "item_id": [f"B{i:05d}" for i in range(n)],
             "text": [product_text(rng) for _ in range(n)],
-            "image": [{"bytes": drawn_png(rng, image_size), "path": None} for _ in range(n)],
+            "image": [{"bytes": drawn_image(rng, image_size, image_format), "path": None} for _ in range(n)],
         },
         features=datasets.Features(
             {"item_id": datasets.Value("string"), "text": datasets.Value("string"), "image": datasets.Image()}
@@ -109,15 +113,25 @@ def main() -> None:
     parser.add_argument("--pretrained", default="none")
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--num_workers", type=int, default=2)
-    parser.add_argument("--image_size", type=int, default=256, help="side of the generated PNGs")
+    parser.add_argument("--num_workers", type=int, default=None,
+                        help="DataLoader workers (default: extract_local.default_num_workers)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--engine", default="local", choices=ENGINES)
+    parser.add_argument("--image_size", type=int, default=256, help="side of the generated images")
+    parser.add_argument("--image_format", default="png", choices=("png", "jpeg"),
+                        help="png like the embedded synthetic catalog; jpeg like real product photos "
+                             "(on CUDA, JPEGs are decoded on the device)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("protocol").setLevel(logging.INFO)
 
     backbone = create_backbone(BackboneSpec(args.model, args.pretrained), device=args.device)
-    dataset = make_dataset(args.n, args.image_size)
+    if args.num_workers is None:
+        args.num_workers = default_num_workers(backbone.device)
+    dataset = make_dataset(args.n, args.image_size, args.image_format)
     pixels, tokens, input_cost = bare_inputs(dataset, backbone)
     print(f"device {backbone.device}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
           f"load average before {os.getloadavg()}")
@@ -128,7 +142,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache_dir:
         started, cpu_started = time.perf_counter(), cpu_seconds()
         features = extract_features(dataset, "b" * 64, backbone, cache_dir, batch_size=args.batch_size,
-                                    num_workers=args.num_workers)
+                                    num_workers=args.num_workers, engine=args.engine)
         end_to_end, end_to_end_cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
         phases = read_json(cache_path(cache_dir, "b" * 64, backbone.fingerprint) / "manifest.json")["last_run"]
     assert features.n_computed == args.n
@@ -136,7 +150,8 @@ def main() -> None:
 
     n = args.n
     bare = {k: [(bare_before[k][i] + bare_after[k][i]) / 2 for i in (0, 1)] for k in ("image", "text")}
-    print(f"\n{args.model} on {backbone.device}, n={n}, batch {args.batch_size}, {args.num_workers} workers, "
+    print(f"\n{args.model} on {backbone.device}, engine {args.engine}, n={n}, batch {args.batch_size}, "
+          f"{args.num_workers} workers, {torch.get_num_threads()} torch threads, "
           f"load average after {os.getloadavg()}")
     print(f"worker-side work per item, one process: decode+preprocess {1e3 * input_cost['image']:.1f} ms, "
           f"tokenise {1e3 * input_cost['text']:.2f} ms")
@@ -150,6 +165,10 @@ def main() -> None:
     print(f"end to end (both phases, validation, cache writes, consolidation): wall {end_to_end:.1f}s vs bare "
           f"{bare_wall:.1f}s -> ratio {bare_wall / end_to_end:.2f} (target >= 0.9)")
     print(f"CPU time (main + workers): {end_to_end_cpu:.1f}s vs bare {bare_cpu:.1f}s -> ratio {bare_cpu / end_to_end_cpu:.2f}")
+    ratios = {kind: bare[kind][0] / phases[kind]["seconds"] for kind in ("image", "text")}
+    print(f"ratios vs the bare forward: image {ratios['image']:.2f} text {ratios['text']:.2f} "
+          f"(GPU target >= 0.8 each); extraction items/s: image {n / phases['image']['seconds']:.1f} "
+          f"text {n / phases['text']['seconds']:.1f}")
 
 if __name__ == "__main__":
     main()

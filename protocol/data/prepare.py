@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,13 +19,43 @@ from tqdm import tqdm
 from protocol.data.group_key import derive_group_ids
 from protocol.data.grounding import (AttributeSchema, build_text, ground_attributes, grounding_report,
                                      load_attribute_schema, map_category)
-from protocol.data.processed import DATASET_DIR, GROUNDING, MANIFEST, REJECTS, dataset_fingerprint
+from protocol.data.processed import (DATASET_DIR, FINGERPRINT_SCHEME, GROUNDING, MANIFEST, REJECTS,
+                                     dataset_fingerprint, image_sha256)
 from protocol.data.schema import (ATTRIBUTES, GT_COLUMNS, IMAGE_COLUMN, REJECT_COLUMNS, REQUIRED_COLUMNS,
                                   SRC_COLUMNS, require_columns, validate_processed, validate_raw)
-from protocol.data.splits import DEFAULT_FRACTIONS, assign_splits
+from protocol.data.splits import DEFAULT_FRACTIONS, TestQuota, assign_splits_with_quotas
 from protocol.io import atomic_path, write_json
+from protocol.retrieval.metrics import attribute_column, known_values
+from protocol.scoreboard import focus_classes
 
 logger = logging.getLogger(__name__)
+
+
+# The headline attribute whose known-value test queries get their own quota.
+QUOTA_KNOWN_ATTRIBUTE = "neckline"
+
+
+@dataclass(frozen=True)
+class SplitQuotas:
+    """Class-aware test quotas: how many test items each scoreboard focus class (weak class,
+    rare material) and the neckline-known items get at least, and the most of a class's
+    items they may put in test (see protocol.data.splits)."""
+
+    per_class: int
+    known_neckline: int
+    max_share: float
+
+    def for_table(self, df: pd.DataFrame) -> list[TestQuota]:
+        quotas = []
+        for attribute, values in focus_classes().items():
+            column = attribute_column(attribute)
+            known = known_values(df[column], attribute)
+            quotas += [TestQuota(f"{column}.{v}", known & (df[column] == v).to_numpy(), self.per_class,
+                                 self.max_share) for v in values]
+        column = attribute_column(QUOTA_KNOWN_ATTRIBUTE)
+        quotas.append(TestQuota(f"{column}.known", known_values(df[column], QUOTA_KNOWN_ATTRIBUTE),
+                                self.known_neckline, self.max_share))
+        return quotas
 
 
 def _strings(series: pd.Series) -> pd.Series:
@@ -33,8 +64,12 @@ def _strings(series: pd.Series) -> pd.Series:
 
 def finalize(raw: pd.DataFrame, schema: AttributeSchema | None = None,
              fractions: Mapping[str, float] = DEFAULT_FRACTIONS, seed: int = 0,
-             show_progress: bool = True) -> pd.DataFrame:
-    """The processed table: REQUIRED_COLUMNS, then gt_*/src_* when the raw catalog has them, then image_bytes."""
+             show_progress: bool = True, quotas: SplitQuotas | None = None) -> pd.DataFrame:
+    """The processed table: REQUIRED_COLUMNS, then gt_*/src_* when the raw catalog has them, then image_bytes.
+
+    With `quotas`, the split reserves test groups for the scoreboard's focus classes first;
+    the per-quota report is in `out.attrs["split_quotas"]` (save_processed puts it in the manifest).
+    """
     validate_raw(raw)
     schema = schema or load_attribute_schema()
     df = raw.reset_index(drop=True).copy()
@@ -64,10 +99,13 @@ def finalize(raw: pd.DataFrame, schema: AttributeSchema | None = None,
         df[attribute] = [v[attribute] for v in values]
 
     df["group_id"] = derive_group_ids(df).to_numpy()
-    df["split"] = assign_splits(df["group_id"], fractions, seed, stratify=df["material"] + "|" + df["category2"])
+    df["split"], quota_report = assign_splits_with_quotas(
+        df["group_id"], fractions, seed, stratify=df["material"] + "|" + df["category2"],
+        quotas=quotas.for_table(df) if quotas else ())
 
     extra = [c for c in (*GT_COLUMNS, "gt_product_id", *SRC_COLUMNS) if c in df.columns]
-    out = df[[*REQUIRED_COLUMNS, *extra, "image_bytes"]]
+    out = df[[*REQUIRED_COLUMNS, *extra, "image_bytes"]].copy()
+    out.attrs["split_quotas"] = quota_report
     logger.info("finalized %d items, %d groups: %s", len(out), out["group_id"].nunique(),
                 out["split"].value_counts().to_dict())
     return out
@@ -103,11 +141,13 @@ def save_processed(df: pd.DataFrame, out_dir: str | Path, source: str,
         write_json(out_dir / GROUNDING, grounding_report(meta))
 
     manifest = {
-        "fingerprint": dataset_fingerprint(meta["item_id"], meta["text"], meta["split"], image_bytes),
+        "fingerprint": dataset_fingerprint(meta, [image_sha256(b) for b in image_bytes]),
+        "fingerprint_scheme": FINGERPRINT_SCHEME,
         "n_items": int(len(meta)),
         "n_products": int(meta["group_id"].nunique()),
         "counts_by_split": {k: int(v) for k, v in meta["split"].value_counts().sort_index().items()},
         "n_rejects": int(len(rejects)),
+        "split_quotas": df.attrs.get("split_quotas", {}),
         "source": source,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "columns": list(columns),

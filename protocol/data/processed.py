@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,9 @@ DATASET_DIR = "dataset"
 MANIFEST = "manifest.json"
 REJECTS = "rejects.csv"
 GROUNDING = "grounding.json"
+# Manifests record which fingerprint definition they use; older ones covered fewer columns.
+FINGERPRINT_SCHEME = 2
+HASH_BATCH_ROWS = 256
 
 
 @dataclass
@@ -39,28 +43,38 @@ class ProcessedDataset:
     manifest: dict
 
 
-def dataset_fingerprint(item_ids: Iterable[str], texts: Iterable[str], splits: Iterable[str],
-                        image_bytes: Iterable[bytes]) -> str:
-    """sha256 over (item_id, text, split, sha256(image bytes)) of every row, in row order."""
-    h = hashlib.sha256()
-    for item_id, text, split, data in zip(item_ids, texts, splits, image_bytes, strict=True):
-        image_hash = hashlib.sha256(data).hexdigest()
-        h.update(f"{item_id}\0{text}\0{split}\0{image_hash}\n".encode())
+def image_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def dataset_fingerprint(meta: pd.DataFrame, image_hashes: Sequence[str]) -> str:
+    """sha256 over everything a later stage can read: every column of every row, and its image.
+
+    The column names (sorted) come first, then per row, in row order, the JSON list of that
+    row's values in those columns followed by sha256 of its image bytes. Re-grounded
+    attributes, other groups, splits, categories or ids all give another fingerprint.
+    """
+    if len(image_hashes) != len(meta):
+        raise ValueError(f"dataset_fingerprint: {len(image_hashes)} image hashes for {len(meta)} rows")
+    columns = sorted(str(c) for c in meta.columns)
+    h = hashlib.sha256(json.dumps(columns).encode() + b"\n")
+    values = meta[columns].fillna("").astype(str).itertuples(index=False, name=None)
+    for row, image_hash in zip(values, image_hashes, strict=True):
+        h.update(json.dumps([*row, image_hash], ensure_ascii=False).encode() + b"\n")
     return h.hexdigest()
 
 
-def image_bytes_of(dataset: datasets.Dataset) -> list[bytes]:
-    """The encoded image of each row, without decoding it."""
-    raw = dataset.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))[IMAGE_COLUMN]
-    out = []
-    for i, cell in enumerate(raw):
-        if cell.get("bytes") is not None:
-            out.append(cell["bytes"])
-        elif cell.get("path"):
-            out.append(Path(cell["path"]).read_bytes())
-        else:
-            raise ValueError(f"row {i} has no image bytes or path")
-    return out
+def image_hashes_of(dataset: datasets.Dataset, batch_size: int = HASH_BATCH_ROWS) -> list[str]:
+    """sha256 of each row's encoded image, read a batch at a time (never all bytes at once)."""
+    images = dataset.select_columns([IMAGE_COLUMN]).cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
+    hashes = []
+    for batch in images.iter(batch_size=batch_size):
+        for cell in batch[IMAGE_COLUMN]:
+            if not cell or not cell.get("bytes"):
+                raise ValueError(f"row {len(hashes)} of the processed dataset has no image bytes; "
+                                 "re-run the prepare stage")
+            hashes.append(image_sha256(cell["bytes"]))
+    return hashes
 
 
 def load_processed(path: str | Path, verify: bool = False) -> ProcessedDataset:
@@ -75,6 +89,10 @@ def load_processed(path: str | Path, verify: bool = False) -> ProcessedDataset:
     manifest = read_json(manifest_path)
     if "fingerprint" not in manifest:
         raise ValueError(f"{manifest_path} has no 'fingerprint'; re-run the prepare stage")
+    if manifest.get("fingerprint_scheme") != FINGERPRINT_SCHEME:
+        raise ValueError(f"{manifest_path} was written by an older prepare (fingerprint scheme "
+                         f"{manifest.get('fingerprint_scheme', 1)}, now {FINGERPRINT_SCHEME}: the fingerprint "
+                         "now covers every column); re-run the prepare stage")
     dataset = datasets.load_from_disk(str(dataset_path))
     if not isinstance(dataset, datasets.Dataset):
         raise ValueError(f"{dataset_path} holds a {type(dataset).__name__}, expected one Dataset with a split column")
@@ -84,7 +102,7 @@ def load_processed(path: str | Path, verify: bool = False) -> ProcessedDataset:
     validate_processed(meta, where=f"processed dataset {dataset_path}")
     fingerprint = manifest["fingerprint"]
     if verify:
-        actual = dataset_fingerprint(meta["item_id"], meta["text"], meta["split"], image_bytes_of(dataset))
+        actual = dataset_fingerprint(meta, image_hashes_of(dataset))
         if actual != fingerprint:
             raise ValueError(f"{path}: rows hash to fingerprint {actual[:12]}, manifest says {fingerprint[:12]}; "
                              "the dataset was changed after prepare; re-run the prepare stage")

@@ -79,15 +79,24 @@ class Backbone:
 
     def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """Preprocessed images [n, 3, H, W] -> [n, D] float32, L2-normalised."""
-        with torch.inference_mode(), self._autocast():
-            features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
-        return _normalised_numpy(features)
+        return self.pixel_features(pixels).cpu().numpy()
 
     def embed_tokens(self, tokens: torch.Tensor) -> np.ndarray:
         """Token ids [n, context_length] -> [n, D] float32, L2-normalised."""
+        return self.token_features(tokens).cpu().numpy()
+
+    def pixel_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`embed_pixels`, left on the backbone's device: a caller that gathers many batches
+        copies them back once, so a GPU never waits for a per-batch copy to the host."""
+        with torch.inference_mode(), self._autocast():
+            features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
+        return F.normalize(features.float(), dim=-1)
+
+    def token_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`embed_tokens`, left on the backbone's device (see `pixel_features`)."""
         with torch.inference_mode(), self._autocast():
             features = encode_text_trimmed(self.model, tokens.to(self.device, non_blocking=True))
-        return _normalised_numpy(features)
+        return F.normalize(features.float(), dim=-1)
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
         """PIL images -> [n, D] float32, L2-normalised (preprocessed in this process)."""
@@ -133,10 +142,6 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     if model.text_projection is None:
         return x
     return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
-
-
-def _normalised_numpy(features: torch.Tensor) -> np.ndarray:
-    return F.normalize(features.float(), dim=-1).cpu().numpy()
 
 
 def _concat(chunks: list[np.ndarray], dim: int) -> np.ndarray:

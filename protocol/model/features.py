@@ -1,51 +1,43 @@
 """Backbone features of a dataset, computed once per (dataset, backbone) and cached.
 
-Layout of one cache, `<cache_dir>/<dataset_fp[:16]>-<backbone_fp[:16]>/`:
+`extract_features` computes what the cache lacks and returns every row's features;
+`load_features` returns a complete cache and never calls a backbone. The cache's layout,
+its lock and its checks live in `feature_cache.py`; the engines that fill it in
+`extract_local.py` (DataLoader workers beside one model, the default) and
+`extract_ray.py` (Ray Data actors across a cluster); what the model eats in
+`feature_inputs.py`.
 
-    manifest.json        fingerprints, model spec, n, dim, dtype, shard_size, created, complete
-    item_ids.json        item ids in dataset row order (written before any shard)
-    text_00000.npy ...   shards of `shard_size` rows, each written atomically while extracting
-    image_00000.npy ...
-    text.npy image.npy   [n, dim] float32 L2-normalised, written when every shard exists;
-                         the shards are then removed
-
-Extraction runs two phases, texts then images (texts are cheap, so a bad text row
-fails before the long image phase). In each phase a DataLoader reads rows in batches
-that never straddle a shard; its workers decode and preprocess images (or tokenise
-texts) while the main process runs the model under `torch.inference_mode`. A run that
-dies keeps its finished shards; the next call computes only the missing ones.
-`FeatureSet.n_computed` counts the rows for which the backbone ran in this call, so
-later stages can prove they did not call it. Two processes filling the same cache at
-the same time are not supported.
+The local engine runs two phases, texts then images; the Ray engine sends both kinds to one
+actor pool. Each shard is written atomically as soon as it is full; when all exist, each
+kind's shards are consolidated into one array. A run that
+dies keeps its finished shards; the next call, with either engine, computes only the
+missing ones. Two processes on one cache take turns: the second waits for the cache's
+lock, then finds it complete. `FeatureSet.n_computed` counts the rows for which the
+backbone ran in this call, so later stages can prove they did not call it.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import datasets
 import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from protocol.io import atomic_path, read_json, write_json
-from protocol.model.backbone import Backbone, FingerprintMismatchError, check_fingerprint
+from protocol.io import read_json
+from protocol.model import feature_cache as fc
+from protocol.model.backbone import Backbone, FingerprintMismatchError
+from protocol.model.engines import ENGINES
+from protocol.model.extract_local import default_num_workers, embed_shards_local
+from protocol.model.feature_cache import DamagedCacheError, cache_path  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "protocol-feature-cache/1"
-DTYPE = "float32"
-KINDS = ("text", "image")  # extraction order
 REQUIRED_COLUMNS = ("item_id", "text", "image")
+KINDS = fc.KINDS
 
 
 @dataclass
@@ -77,43 +69,53 @@ class FeatureSet:
         return self.image[rows], self.text[rows]
 
 
-def cache_path(cache_dir: str | Path, dataset_fingerprint: str, backbone_fingerprint: str) -> Path:
-    return Path(cache_dir) / f"{dataset_fingerprint[:16]}-{backbone_fingerprint[:16]}"
-
-
 def extract_features(
     dataset: datasets.Dataset,
     dataset_fingerprint: str,
     backbone: Backbone,
     cache_dir: str | Path,
     batch_size: int = 32,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     shard_size: int = 256,
+    engine: str = "local",
 ) -> FeatureSet:
     """Features of every row of `dataset` (columns item_id, text, image), computing only
-    what the cache lacks. Rows come back in dataset row order."""
+    what the cache lacks. Rows come back in dataset row order. `num_workers` (local
+    engine): DataLoader workers, None = `extract_local.default_num_workers`."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if num_workers is None:
+        num_workers = default_num_workers(backbone.device)
     if batch_size < 1 or shard_size < 1 or num_workers < 0:
         raise ValueError(f"need batch_size >= 1, shard_size >= 1, num_workers >= 0; got "
                          f"{batch_size}, {shard_size}, {num_workers}")
     item_ids = _validated_item_ids(dataset)
     root = cache_path(cache_dir, dataset_fingerprint, backbone.fingerprint)
-    manifest = _open_cache(root, dataset_fingerprint, backbone, item_ids, shard_size)
-    if manifest["complete"]:
-        log.info("features: all %d items cached in %s", len(item_ids), root)
-        return _load_complete(root, manifest, n_computed=0)
-
-    shards = _shards(len(item_ids), manifest["shard_size"])
-    todo = {kind: [s for s in shards if not _shard_done(root, kind, s, manifest["dim"])] for kind in KINDS}
-    missing = {shard for kind in KINDS for shard in todo[kind]}
-    log.info(
-        "features: %d items, %d shards in %s; to compute: %s",
-        len(item_ids), len(shards), root, {kind: len(todo[kind]) for kind in KINDS},
-    )
-    timings = {}
-    for kind in KINDS:
-        timings[kind] = _embed_shards(dataset, kind, todo[kind], backbone, root, batch_size, num_workers)
-    manifest = _consolidate(root, manifest, shards, timings)
-    return _load_complete(root, manifest, n_computed=sum(len(shard.rows) for shard in missing))
+    with fc.cache_lock(root):
+        manifest = fc.open_cache(root, dataset_fingerprint, backbone, item_ids, shard_size)
+        if manifest["complete"]:
+            try:
+                features = _load_complete(root, manifest, n_computed=0)
+                log.info("features: all %d items cached in %s", len(item_ids), root)
+                return features
+            except DamagedCacheError:
+                pass  # `_consolidated` below names the damaged file and has it computed again
+        shards = fc.shards_of(len(item_ids), manifest["shard_size"])
+        done = {kind: _consolidated(root, kind, manifest, shards) for kind in KINDS}
+        for kind in KINDS:
+            if not done[kind] and fc.consolidated_path(root, kind).name in manifest.get("files", {}):
+                manifest = fc.forget_consolidated(root, kind, manifest)
+        todo = {kind: [] if done[kind] else [s for s in shards if not fc.shard_done(root, kind, s, manifest["dim"])]
+                for kind in KINDS}
+        log.info("features: %d items, %d shards in %s; engine %s; to compute: %s", len(item_ids), len(shards),
+                 root, engine, {kind: len(todo[kind]) for kind in KINDS})
+        timings = _embed(dataset, todo, backbone, root, manifest["shard_size"], batch_size, num_workers, engine)
+        for kind in KINDS:
+            if not done[kind]:
+                manifest = fc.consolidate(root, kind, shards, manifest)
+        manifest = fc.finish(root, manifest, timings)
+        n_computed = len({row for kind in KINDS for shard in todo[kind] for row in shard.rows})
+        return _load_complete(root, manifest, n_computed=n_computed)
 
 
 def load_features(cache_dir: str | Path, dataset_fingerprint: str, backbone_fingerprint: str) -> FeatureSet:
@@ -122,13 +124,55 @@ def load_features(cache_dir: str | Path, dataset_fingerprint: str, backbone_fing
     if not (root / "manifest.json").exists():
         _raise_missing_cache(Path(cache_dir), dataset_fingerprint, backbone_fingerprint)
     manifest = read_json(root / "manifest.json")
-    _check_manifest_fingerprints(root, manifest, dataset_fingerprint, backbone_fingerprint)
+    fc.check_manifest_fingerprints(root, manifest, dataset_fingerprint, backbone_fingerprint)
     if not manifest.get("complete"):
         raise RuntimeError(
-            f"feature cache {root} is incomplete (an extraction was interrupted): run extract_features "
-            "(the baseline stage) again; it resumes from the finished shards"
+            f"feature cache {root} is incomplete (an extraction was interrupted or is running): run "
+            "extract_features (the baseline stage) again; it resumes from the finished shards"
         )
     return _load_complete(root, manifest, n_computed=0)
+
+
+def _consolidated(root: Path, kind: str, manifest: dict, shards: list[fc.Shard]) -> bool:
+    """Whether `<kind>.npy` is there and intact. A damaged one is named and computed again."""
+    path = fc.consolidated_path(root, kind)
+    if not path.exists():
+        return False
+    try:
+        fc.check_consolidated(root, kind, manifest, advice="computing it again")
+    except DamagedCacheError as e:
+        if path.name in manifest.get("files", {}) or not all(s.path(root, kind).exists() for s in shards):
+            log.warning("%s", e)  # a consolidation that was cut short, with its shards intact, is not news
+        return False
+    return True
+
+
+def _embed(dataset, todo, backbone, root, shard_size, batch_size, num_workers, engine) -> dict:
+    """Compute the missing shards of every kind with `engine`; per kind {"items", "seconds", "engine"}."""
+    pending = {kind: sum(len(s.rows) for s in todo[kind]) for kind in KINDS}
+    if not any(pending.values()):
+        return {kind: {"items": 0, "seconds": 0.0, "engine": engine} for kind in KINDS}
+    if engine == "ray":
+        from protocol.model.extract_ray import embed_ray  # Ray is an optional extra
+
+        log.info("embedding %s on Ray, batch %d", pending, batch_size)
+        timings = embed_ray(dataset, todo, backbone, root, shard_size, batch_size)
+    else:
+        timings = {}
+        for kind in KINDS:  # texts first: they are cheap, so a bad text row fails before the long image phase
+            if not todo[kind]:
+                timings[kind] = {"items": 0, "seconds": 0.0}
+                continue
+            log.info("%s phase: embedding %d items in %d shard(s), batch %d, %d worker(s)", kind, pending[kind],
+                     len(todo[kind]), batch_size, num_workers)
+            started = time.perf_counter()
+            embed_shards_local(dataset, kind, todo[kind], backbone, root, shard_size, batch_size, num_workers)
+            timings[kind] = {"items": pending[kind], "seconds": round(time.perf_counter() - started, 3)}
+    for kind, timing in timings.items():
+        if timing["items"]:
+            log.info("%s phase: %d items in %.1fs (%.1f items/s)", kind, timing["items"], timing["seconds"],
+                     timing["items"] / max(timing["seconds"], 1e-9))
+    return {kind: {**timing, "engine": engine} for kind, timing in timings.items()}
 
 
 # --- dataset checks -----------------------------------------------------------------
@@ -163,45 +207,24 @@ def _validated_item_ids(dataset: datasets.Dataset) -> list[str]:
     return item_ids
 
 
-# --- cache state --------------------------------------------------------------------
+# --- cache lookups ------------------------------------------------------------------
 
 
-def _open_cache(root: Path, dataset_fp: str, backbone: Backbone, item_ids: list[str], shard_size: int) -> dict:
-    """The cache's manifest, after checking it matches; a fresh one when there is none."""
-    manifest_path = root / "manifest.json"
-    if manifest_path.exists():
-        manifest = read_json(manifest_path)
-        _check_manifest_fingerprints(root, manifest, dataset_fp, backbone.fingerprint)
-        if read_json(root / "item_ids.json") != item_ids:
-            raise ValueError(
-                f"feature cache {root} was made for dataset fingerprint {dataset_fp} but with other item ids "
-                "or another row order: the dataset fingerprint passed in is stale. Recompute it (prepare), "
-                "or delete this cache directory to rebuild it"
-            )
-        if manifest["shard_size"] != shard_size and not manifest["complete"]:
-            log.info("resuming %s with its shard_size %d (asked: %d)", root, manifest["shard_size"], shard_size)
-        return manifest
-    manifest = {
-        "format": CACHE_FORMAT,
-        "dataset_fingerprint": dataset_fp,
-        "backbone_fingerprint": backbone.fingerprint,
-        "backbone_source": backbone.source,
-        "model_spec": backbone.spec.to_dict(),
-        "n": len(item_ids),
-        "dim": backbone.embed_dim,
-        "dtype": DTYPE,
-        "shard_size": shard_size,
-        "created": datetime.now(timezone.utc).isoformat(),
-        "complete": False,
-    }
-    write_json(root / "item_ids.json", item_ids)  # before the manifest: a manifest implies item_ids.json
-    write_json(manifest_path, manifest)
-    return manifest
-
-
-def _check_manifest_fingerprints(root: Path, manifest: dict, dataset_fp: str, backbone_fp: str) -> None:
-    check_fingerprint(dataset_fp, manifest["dataset_fingerprint"], f"feature cache {root} (dataset fingerprint)")
-    check_fingerprint(backbone_fp, manifest["backbone_fingerprint"], f"feature cache {root} (backbone fingerprint)")
+def _load_complete(root: Path, manifest: dict, n_computed: int) -> FeatureSet:
+    advice = ("run extract_features (the baseline stage) again, which recomputes it, or delete that file")
+    item_ids = read_json(root / "item_ids.json")
+    if len(item_ids) != manifest["n"]:
+        raise DamagedCacheError(root / "item_ids.json", f"{len(item_ids)} ids, manifest.json says {manifest['n']}",
+                                "delete the cache directory and run extract_features again")
+    arrays = {kind: fc.load_consolidated(root, kind, manifest, advice) for kind in KINDS}
+    return FeatureSet(
+        item_ids=item_ids,
+        image=arrays["image"],
+        text=arrays["text"],
+        dataset_fingerprint=manifest["dataset_fingerprint"],
+        backbone_fingerprint=manifest["backbone_fingerprint"],
+        n_computed=n_computed,
+    )
 
 
 def _raise_missing_cache(cache_dir: Path, dataset_fp: str, backbone_fp: str) -> None:
@@ -222,189 +245,3 @@ def _raise_missing_cache(cache_dir: Path, dataset_fp: str, backbone_fp: str) -> 
         f"no feature cache under {cache_dir} for dataset {dataset_fp[:16]} and backbone {backbone_fp[:16]}: "
         "run extract_features (the baseline stage) first"
     )
-
-
-@dataclass(frozen=True)
-class _Shard:
-    index: int
-    rows: range
-
-    def path(self, root: Path, kind: str) -> Path:
-        return root / f"{kind}_{self.index:05d}.npy"
-
-
-def _shards(n: int, shard_size: int) -> list[_Shard]:
-    return [_Shard(i, range(start, min(start + shard_size, n))) for i, start in enumerate(range(0, n, shard_size))]
-
-
-def _shard_done(root: Path, kind: str, shard: _Shard, dim: int) -> bool:
-    path = shard.path(root, kind)
-    if not path.exists():
-        return False
-    try:
-        array = np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as e:
-        log.warning("shard %s is unreadable (%s): computing it again", path, e)
-        return False
-    if array.shape != (len(shard.rows), dim) or array.dtype != np.float32:
-        log.warning("shard %s is %s %s, expected (%d, %d) float32: computing it again",
-                    path, array.shape, array.dtype, len(shard.rows), dim)
-        return False
-    return True
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(array, dtype=np.float32))
-
-
-def _consolidate(root: Path, manifest: dict, shards: list[_Shard], timings: dict) -> dict:
-    """Shards -> one array per kind, then mark the cache complete and drop the shards."""
-    log.info("features: consolidating %d shards in %s", len(shards), root)
-    for kind in KINDS:
-        _save_npy(root / f"{kind}.npy", np.concatenate([np.load(s.path(root, kind)) for s in shards]))
-    manifest = {**manifest, "complete": True, "completed": datetime.now(timezone.utc).isoformat(),
-                "last_run": timings}
-    write_json(root / "manifest.json", manifest)
-    for kind in KINDS:
-        for shard in shards:
-            shard.path(root, kind).unlink(missing_ok=True)
-    for stale in root.glob(".*.tmp"):  # temp dirs of a run that was killed mid-write
-        shutil.rmtree(stale, ignore_errors=True)
-    return manifest
-
-
-def _load_complete(root: Path, manifest: dict, n_computed: int) -> FeatureSet:
-    item_ids = read_json(root / "item_ids.json")
-    arrays = {kind: np.load(root / f"{kind}.npy") for kind in KINDS}
-    expected = (manifest["n"], manifest["dim"])
-    for kind, array in arrays.items():
-        if array.shape != expected or array.dtype != np.float32 or len(item_ids) != manifest["n"]:
-            raise ValueError(
-                f"feature cache {root} is damaged: {kind}.npy is {array.shape} {array.dtype} with "
-                f"{len(item_ids)} item ids, manifest.json says {expected} {DTYPE}. Delete the directory "
-                "and run extract_features again"
-            )
-    return FeatureSet(
-        item_ids=item_ids,
-        image=arrays["image"],
-        text=arrays["text"],
-        dataset_fingerprint=manifest["dataset_fingerprint"],
-        backbone_fingerprint=manifest["backbone_fingerprint"],
-        n_computed=n_computed,
-    )
-
-
-# --- embedding, with decoding / tokenising in DataLoader workers -------------------------
-
-
-class _RowReader(torch.utils.data.Dataset):
-    """Reads one batch of rows with one Arrow query (`__getitems__`), images undecoded."""
-
-    def __init__(self, dataset: datasets.Dataset, column: str):
-        rows = dataset.select_columns(["item_id", column])
-        if column == "image":
-            rows = rows.cast_column("image", datasets.Image(decode=False))  # decode in the workers
-        self.rows = rows
-        self.column = column
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, row: int) -> dict:
-        return self.__getitems__([row])
-
-    def __getitems__(self, rows: list[int]) -> dict:
-        batch = self.rows[rows]
-        return {"rows": list(rows), "item_ids": batch["item_id"], "values": batch[self.column]}
-
-
-class _PixelBatch:
-    """collate_fn: encoded image bytes -> preprocessed pixel tensor [n, 3, H, W]."""
-
-    def __init__(self, preprocess: Callable):
-        self.preprocess = preprocess
-
-    def __call__(self, batch: dict) -> tuple[list[int], torch.Tensor]:
-        pixels = [
-            self.preprocess(_open_image(value, row, item_id))
-            for row, item_id, value in zip(batch["rows"], batch["item_ids"], batch["values"])
-        ]
-        return batch["rows"], torch.stack(pixels)
-
-
-class _TokenBatch:
-    """collate_fn: texts -> token ids [n, context_length]."""
-
-    def __init__(self, tokenizer: Callable):
-        self.tokenizer = tokenizer
-
-    def __call__(self, batch: dict) -> tuple[list[int], torch.Tensor]:
-        for row, item_id, text in zip(batch["rows"], batch["item_ids"], batch["values"]):
-            if not isinstance(text, str):
-                raise ValueError(
-                    f"dataset row {row} (item_id {item_id!r}): column 'text' is {text!r}, not a string; "
-                    "fill it (empty string allowed) in prepare"
-                )
-        return batch["rows"], self.tokenizer(batch["values"])
-
-
-def _open_image(value: dict | None, row: int, item_id: str) -> Image.Image:
-    try:
-        if value and value.get("bytes"):
-            image = Image.open(io.BytesIO(value["bytes"]))
-        elif value and value.get("path"):
-            image = Image.open(value["path"])
-        else:
-            raise ValueError("the image cell is empty")
-        image.load()
-    except (OSError, ValueError) as e:
-        raise ValueError(
-            f"dataset row {row} (item_id {item_id!r}): image cannot be decoded ({e}); fix or drop this row in prepare"
-        ) from e
-    return image
-
-
-def _embed_shards(
-    dataset: datasets.Dataset,
-    kind: str,
-    shards: list[_Shard],
-    backbone: Backbone,
-    root: Path,
-    batch_size: int,
-    num_workers: int,
-) -> dict:
-    """Embed `kind` for these shards, writing each shard as soon as it is full."""
-    n_items = sum(len(s.rows) for s in shards)
-    if not shards:
-        log.info("%s phase: every shard cached", kind)
-        return {"items": 0, "seconds": 0.0}
-    log.info("%s phase: embedding %d items in %d shard(s), batch %d, %d worker(s)",
-             kind, n_items, len(shards), batch_size, num_workers)
-    # Batches never straddle a shard, so a shard is complete after its last batch.
-    batches = [list(s.rows[i : i + batch_size]) for s in shards for i in range(0, len(s.rows), batch_size)]
-    if kind == "image":
-        collate, embed = _PixelBatch(backbone.preprocess), backbone.embed_pixels
-    else:
-        collate, embed = _TokenBatch(backbone.tokenizer), backbone.embed_tokens
-    loader = DataLoader(
-        _RowReader(dataset, kind),
-        batch_sampler=batches,
-        num_workers=num_workers,
-        collate_fn=collate,
-        pin_memory=backbone.device.type == "cuda",
-    )
-    started = time.perf_counter()
-    pending = iter(shards)
-    shard, parts, filled = next(pending), [], 0
-    with tqdm(total=n_items, unit="item", desc=f"{kind} features", dynamic_ncols=True) as bar:
-        for rows, inputs in loader:
-            parts.append(embed(inputs))
-            filled += len(rows)
-            bar.update(len(rows))
-            if filled == len(shard.rows):
-                _save_npy(shard.path(root, kind), np.concatenate(parts))
-                shard, parts, filled = next(pending, None), [], 0
-    seconds = time.perf_counter() - started
-    log.info("%s phase: %d items in %.1fs (%.1f items/s)", kind, n_items, seconds, n_items / seconds)
-    return {"items": n_items, "seconds": round(seconds, 3)}

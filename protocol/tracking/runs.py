@@ -12,11 +12,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlparse
 
 import mlflow
 import pandas as pd
@@ -24,52 +22,29 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.tracking import MlflowClient
 
+from protocol.tracking.artifact_cache import resolve_input  # noqa: F401 - stages import it from here
+from protocol.tracking.store import (  # noqa: F401 - tracking_uri: part of this module's interface
+    EXPERIMENT_NAME, PROJECT_ROOT, check_artifacts_beside_store, prepare_store, tracking_uri,
+)
+
 log = logging.getLogger(__name__)
 
-EXPERIMENT_NAME = "fashion-retrieval"
 REGISTERED_MODEL = "fashion-retrieval-protocol"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DIGEST_CHARS = 36  # the longest dataset digest MLflow stores
 DATASET_CONTEXTS = ("prepare", "training", "evaluation")
 
 
-def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` if set, else `sqlite:///<project root>/mlflow.db`; always absolute."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
-    scheme = urlparse(uri).scheme
-    if scheme in ("", "file"):
-        raise ValueError(
-            f"MLFLOW_TRACKING_URI={uri!r} points at the file store, which MLflow 3 has deprecated; "
-            "use a sqlite URI (sqlite:////abs/path/mlflow.db) or a tracking server (http://...)"
-        )
-    return uri
-
-
-def default_artifact_location(experiment_name: str) -> str | None:
-    """Artifacts live beside a sqlite database, as an absolute file URI."""
-    uri = tracking_uri()
-    if not uri.startswith("sqlite:///"):
-        return None  # a tracking server decides
-    db_dir = Path(uri[len("sqlite:///"):]).parent
-    return (db_dir / "mlruns" / experiment_name).as_uri()
-
-
 def configure() -> str:
-    uri = tracking_uri()
+    """Point MLflow at the tracking store, created or migrated under its lock first."""
+    uri = prepare_store(tracking_uri(), experiment=None).uri
     mlflow.set_tracking_uri(uri)
     return uri
 
 
 def ensure_experiment(name: str = EXPERIMENT_NAME) -> str:
-    """Id of experiment `name`, created with an absolute artifact location when missing."""
-    configure()
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return client.create_experiment(name, artifact_location=default_artifact_location(name))
+    """Id of experiment `name`, created (artifacts beside the store) when missing."""
+    uri = configure()
+    return prepare_store(uri, experiment=name).experiment_id
 
 
 def config_params(cfg: Any) -> dict[str, str]:
@@ -103,10 +78,19 @@ def point_latest(output_dir: str | Path, run_dir: Path) -> Path:
 class MlflowLogger:
     """`protocol.events.RunLogger` that writes to one MLflow run."""
 
-    def __init__(self, run_id: str, output_dir: Path | None = None):
+    def __init__(self, run_id: str, output_dir: Path | None = None, *, stage: str | None = None, cfg: Any = None):
         self.run_id = run_id
         self.client = MlflowClient()
         self.output_dir = output_dir  # this run's own output directory (stage_run's output_dir/<run_id>)
+        self.stage, self.cfg = stage, cfg
+
+    def set_run_name(self, name: str) -> None:
+        self.client.update_run(self.run_id, name=name)
+
+    def name_after(self, **facts: Any) -> None:
+        """Rename the run with what the stage learnt as it ran, e.g. `name_after(version="7")` -> `evaluate · v7`."""
+        name, _ = describe_run(self.stage, self.cfg, **facts)
+        self.set_run_name(name)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import time
@@ -159,32 +143,81 @@ class MlflowLogger:
         )])
 
 
+VARIANT_FLAGS = ("attribute_heads", "balanced_sampling", "hard_negatives")
+NAME_SEPARATOR = " · "
+
+
+def variant_name(cfg: Any) -> str | None:
+    """The ablation variant a config trains: `plain`, `+attribute_heads`, ..., `full`; None without the flags."""
+    if cfg is None or not all(hasattr(cfg, f) for f in VARIANT_FLAGS):
+        return None
+    on = [f for f in VARIANT_FLAGS if getattr(cfg, f)]
+    if not on:
+        return "plain"
+    return "full" if len(on) == len(VARIANT_FLAGS) else "".join(f"+{f}" for f in on)
+
+
+def describe_run(stage: str, cfg: Any = None, **facts: Any) -> tuple[str, dict[str, str]]:
+    """(run name, filter tags) of a stage run, e.g. `train · full · seed 42`, `evaluate · v7`.
+
+    Tags `variant` and `seed` (training stages) let the runs table filter ablation variants
+    and seeds: `tags.variant = 'plain' and tags.seed = '1'`. `facts` are what the stage
+    learns once it runs (the version it evaluates, the versions it compares).
+    """
+    parts, tags = [stage], {}
+    variant = variant_name(cfg)
+    if variant is not None:
+        parts.append(variant)
+        tags["variant"] = variant
+    if stage in ("train", "ablation") and hasattr(cfg, "seed"):
+        parts.append(f"seed {cfg.seed}")
+        tags["seed"] = str(cfg.seed)
+    if stage == "baseline" and cfg is not None:
+        parts.append(f"{cfg.model} ({cfg.pretrained})")
+    if stage == "prepare" and cfg is not None:
+        parts.append(cfg.source if cfg.source != "synthetic" else f"synthetic {cfg.n_products} products")
+    if facts.get("version"):
+        parts.append(f"v{facts['version']}")
+    if facts.get("baseline_version") and facts.get("candidate_version"):
+        parts.append(f"v{facts['baseline_version']} vs v{facts['candidate_version']}")
+    return NAME_SEPARATOR.join(parts), tags
+
+
 @contextmanager
 def stage_run(stage: str, cfg: Any = None, *, run_name: str | None = None,
               output_dir: str | Path | None = None) -> Iterator[MlflowLogger]:
-    """Open (or resume) the run of one stage; tags `stage`, logs the config as parameters.
+    """Open (or resume) the run of one stage; names and tags it, logs the config as parameters.
 
     With `output_dir`, the logger's `output_dir` is `<output_dir>/<run_id>` (created), and
     `<output_dir>/latest` points at it once the stage has finished without an error.
+    A run whose artifacts would land outside its sqlite store's artifact root is refused.
     """
-    configure()
+    uri = configure()
+    name, tags = describe_run(stage, cfg)
+    name = run_name or name
     parent = mlflow.active_run()
     if parent is not None:  # children live in their parent's experiment, not in Default
-        ctx = mlflow.start_run(run_name=run_name or stage, nested=True, experiment_id=parent.info.experiment_id)
+        ctx = mlflow.start_run(run_name=name, nested=True, experiment_id=parent.info.experiment_id)
     elif os.environ.get("MLFLOW_RUN_ID"):
         ctx = mlflow.start_run()  # the run `mlflow run` created for this entry point
     else:
-        ctx = mlflow.start_run(experiment_id=_experiment_for_new_run(), run_name=run_name or stage)
+        ctx = mlflow.start_run(experiment_id=_experiment_for_new_run(), run_name=name)
     with ctx as run:
+        client = MlflowClient()
+        check_artifacts_beside_store(run.info.artifact_uri,
+                                     client.get_experiment(run.info.experiment_id).name, uri)
         run_dir = None
         if output_dir is not None:
             run_dir = run_output_dir(output_dir, run.info.run_id)
             run_dir.mkdir(parents=True, exist_ok=True)
-        logger = MlflowLogger(run.info.run_id, run_dir)
-        logger.set_tags({"stage": stage})
+        logger = MlflowLogger(run.info.run_id, run_dir, stage=stage, cfg=cfg)
+        if run.info.run_name != name:  # `mlflow run` names its runs at random
+            logger.set_run_name(name)
+        logger.set_tags({"stage": stage, **tags})
         if cfg is not None:
             logger.log_params(config_params(cfg))
-        log.info("stage %s: run %s%s", stage, run.info.run_id, f", outputs in {run_dir}" if run_dir else "")
+        log.info("stage %s: run %s (%s)%s", stage, run.info.run_id, name,
+                 f", outputs in {run_dir}" if run_dir else "")
         yield logger
         if run_dir is not None:
             point_latest(output_dir, run_dir)
@@ -194,24 +227,6 @@ def _experiment_for_new_run() -> str:
     if os.environ.get("MLFLOW_EXPERIMENT_ID"):
         return os.environ["MLFLOW_EXPERIMENT_ID"]
     return ensure_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME))
-
-
-def resolve_input(path_or_uri: str | Path, what: str) -> Path:
-    """A local path for a stage input given as a path or an MLflow URI (runs:/, models:/, ...)."""
-    s = str(path_or_uri)
-    if not s:
-        raise ValueError(f"parameter {what!r} is empty: pass a local path or a runs:/<run_id>/<path> URI")
-    scheme = urlparse(s).scheme
-    if scheme in ("runs", "models", "mlflow-artifacts", "dbfs", "s3", "gs", "http", "https"):
-        configure()
-        try:
-            return Path(mlflow.artifacts.download_artifacts(s, dst_path=tempfile.mkdtemp(prefix="protocol-in-")))
-        except Exception as e:  # noqa: BLE001 - rewrap with the parameter name
-            raise ValueError(f"parameter {what!r}: cannot fetch {s} ({e})") from e
-    path = Path(s[len("file://"):] if scheme == "file" else s)
-    if not path.exists():
-        raise FileNotFoundError(f"parameter {what!r}: {path} does not exist (run the stage that makes it first)")
-    return path
 
 
 def run_artifact_uri(run_id: str, artifact_path: str) -> str:

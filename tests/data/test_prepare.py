@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from protocol.data.prepare import finalize, save_processed
-from protocol.data.processed import dataset_fingerprint, load_processed
+from protocol.data.processed import dataset_fingerprint, image_sha256, load_processed
 from protocol.data.schema import ATTRIBUTES, REQUIRED_COLUMNS, SchemaError, validate_processed
 from protocol.data.synthetic import generate_catalog
 
@@ -84,8 +84,51 @@ def test_fingerprint_known_answer():
     import hashlib
 
     one = hashlib.sha256(b"png").hexdigest()
-    expected = hashlib.sha256(f"i1\0a tee\0train\0{one}\n".encode()).hexdigest()
-    assert dataset_fingerprint(["i1"], ["a tee"], ["train"], [b"png"]) == expected
+    expected = hashlib.sha256(b'["item_id", "split", "text"]\n'
+                              + f'["i1", "train", "a tee", "{one}"]\n'.encode()).hexdigest()
+    meta = pd.DataFrame({"text": ["a tee"], "item_id": ["i1"], "split": ["train"]})
+    assert dataset_fingerprint(meta, [one]) == expected
+
+
+@pytest.mark.parametrize("column", ["item_id", "text", "split", "group_id", "product_id", "category1", "category2",
+                                    "material", "pattern", "neckline", "sleeve", "color", "title", "url"])
+def test_fingerprint_covers_every_column_a_later_stage_reads(table, column):
+    meta = table.drop(columns=["image_bytes"]).reset_index(drop=True)
+    hashes = [image_sha256(b) for b in table["image_bytes"]]
+    base = dataset_fingerprint(meta, hashes)
+    edited = meta.copy()
+    edited.loc[3, column] = "other" if edited.loc[3, column] != "other" else "another"
+    assert dataset_fingerprint(edited, hashes) != base
+    assert dataset_fingerprint(meta[list(reversed(meta.columns))], hashes) == base  # column order is not content
+    assert dataset_fingerprint(meta, hashes[:3] + [image_sha256(b"other")] + hashes[4:]) != base
+
+
+def test_regrounded_data_fingerprints_differently(tmp_path, raw, table):
+    import dataclasses
+
+    from protocol.data.grounding import load_attribute_schema
+
+    a = save_processed(table, tmp_path / "a", source="s")
+    # the same rows grounded with a schema that knows one synonym less: only attributes change
+    schema = load_attribute_schema()
+    values = {**schema.values, "material": {k: v for k, v in schema.values["material"].items() if k != "denim"}}
+    regrounded = finalize(raw, schema=dataclasses.replace(schema, values=values), seed=0, show_progress=False)
+    changed = (regrounded["material"] != table["material"])
+    same = ["item_id", "text", "group_id"]  # the split may move too: it is stratified by material
+    assert changed.any() and (regrounded[same] == table[same]).all().all()
+    b = save_processed(regrounded, tmp_path / "b", source="s")
+    assert b["fingerprint"] != a["fingerprint"]
+    assert load_processed(tmp_path / "b", verify=True).fingerprint == b["fingerprint"]
+
+
+def test_manifest_of_an_older_fingerprint_scheme_is_refused(tmp_path, table):
+    save_processed(table, tmp_path / "p", source="s")
+    manifest_path = tmp_path / "p" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["fingerprint_scheme"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"older prepare \(fingerprint scheme 1, now 2.*re-run the prepare stage"):
+        load_processed(tmp_path / "p")
 
 
 def test_verify_catches_a_changed_manifest(tmp_path, table):

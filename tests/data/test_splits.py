@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protocol.data.splits import assign_splits
+from protocol.data.splits import TestQuota, assign_splits, assign_splits_with_quotas
 
 
 def _groups_and_labels(n_groups: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -77,3 +77,100 @@ def test_bad_inputs_name_the_problem():
         assign_splits(["a", "", "b"])
     with pytest.raises(ValueError, match="stratify has 1 labels for 2 rows"):
         assign_splits(["a", "b"], stratify=["x"])
+
+
+# ---------------------------------------------------------------- class-aware test quotas
+
+def _quota(name: str, rows, n: int = 30, max_share: float = 0.5) -> TestQuota:
+    return TestQuota(name, np.asarray(rows, dtype=bool), n, max_share)
+
+
+def test_embedded_default_meets_the_test_quotas_and_keeps_the_catalog_imbalanced():
+    from protocol.data.prepare import finalize
+    from protocol.data.synthetic import generate_catalog
+    from protocol.scoreboard import focus_classes
+    from protocol.tracking.stages.prepare import PrepareConfig
+
+    cfg = PrepareConfig()  # the embedded default: its n_products, fractions and quotas
+    raw = generate_catalog(n_products=cfg.n_products, seed=cfg.seed, image_size=32, show_progress=False)
+    table = finalize(raw, fractions=cfg.fractions, seed=cfg.seed, quotas=cfg.quotas, show_progress=False)
+    test, catalog = table[table["split"] == "test"], table[table["split"] != "test"]
+    report = table.attrs["split_quotas"]
+
+    for attribute, values in focus_classes().items():
+        column = "category2" if attribute == "category" else attribute
+        for value in values:
+            n_test = int((test[column] == value).sum())
+            assert n_test >= cfg.test_quota, (value, n_test)
+            assert n_test <= cfg.quota_max_share * (table[column] == value).sum()
+            assert report[f"{column}.{value}"]["test"] == n_test and report[f"{column}.{value}"]["met"]
+    assert (test["neckline"] != "unknown").sum() >= cfg.neckline_test_quota
+    assert table.groupby("group_id")["split"].nunique().max() == 1
+    assert abs(len(test) / len(table) - cfg.test_fraction) < 0.03
+    # the catalog keeps a realistic imbalance: tees and cotton dominate, the focus classes stay rare
+    category_share = catalog["category2"].value_counts(normalize=True)
+    material_share = catalog["material"].value_counts(normalize=True)
+    assert category_share.index[0] == "tees" and material_share.index[0] == "cotton"
+    for value in focus_classes()["category"]:
+        assert category_share[value] < 0.06
+    for value in focus_classes()["material"]:
+        assert material_share[value] < 0.06
+
+
+def test_a_class_with_too_few_items_gets_at_most_the_capped_share():
+    groups, labels = _groups_and_labels(n_groups=300, seed=1)
+    cardigans = labels == "cardigans"
+    few = cardigans & (np.cumsum(cardigans) <= 9)  # 9 items: the cap lets 4 go to test
+    labels = np.where(cardigans & ~few, "tees", labels)
+    quotas = [_quota("category2.cardigans", labels == "cardigans")]
+    for seed in range(5):
+        splits, report = assign_splits_with_quotas(groups, seed=seed, stratify=labels, quotas=quotas)
+        n_test = int(((labels == "cardigans") & (splits == "test")).sum())
+        assert n_test <= 4, (seed, n_test)
+        assert report["category2.cardigans"] == {"items": 9, "quota": 30, "cap": 4, "reserved": report[
+            "category2.cardigans"]["reserved"], "test": n_test, "catalog": 9 - n_test, "met": False}
+        assert pd.DataFrame({"g": groups, "s": splits}).groupby("g")["s"].nunique().max() == 1
+
+
+def test_quotas_reserve_whole_groups_and_keep_the_test_share():
+    groups, labels = _groups_and_labels(n_groups=600, seed=2)  # ~70 items of each weak class
+    quotas = [_quota("category2.cardigans", labels == "cardigans"), _quota("category2.shorts", labels == "shorts")]
+    before = assign_splits(groups, seed=0, stratify=labels)
+    splits, report = assign_splits_with_quotas(groups, seed=0, stratify=labels, quotas=quotas)
+    for name, label in (("category2.cardigans", "cardigans"), ("category2.shorts", "shorts")):
+        assert ((labels == label) & (before == "test")).sum() < 30  # a plain stratified split falls short
+        assert ((labels == label) & (splits == "test")).sum() >= 30 and report[name]["met"]
+        assert report[name]["reserved"] >= 30
+    assert pd.DataFrame({"g": groups, "s": splits}).groupby("g")["s"].nunique().max() == 1
+    assert abs((splits == "test").mean() - 0.2) < 0.02
+    assert abs((splits == "val").mean() - 0.1) < 0.02
+
+
+def test_quotas_never_take_more_than_the_test_share():
+    groups, labels = _groups_and_labels(n_groups=100, seed=3)  # ~200 rows: a test share of ~40 items
+    quotas = [_quota("tees", labels == "tees", n=200, max_share=1.0)]
+    splits, report = assign_splits_with_quotas(groups, seed=0, stratify=labels, quotas=quotas)
+    assert (splits == "test").sum() <= 0.2 * len(groups)
+    assert not report["tees"]["met"] and report["tees"]["test"] == (splits == "test").sum()
+
+
+def test_quotas_are_seeded_and_off_means_the_plain_split():
+    groups, labels = _groups_and_labels()
+    quotas = [_quota("category2.cardigans", labels == "cardigans")]
+    a, _ = assign_splits_with_quotas(groups, seed=0, stratify=labels, quotas=quotas)
+    b, _ = assign_splits_with_quotas(groups, seed=0, stratify=labels, quotas=quotas)
+    c, _ = assign_splits_with_quotas(groups, seed=1, stratify=labels, quotas=quotas)
+    assert (a == b).all() and (a != c).any()
+    off, report = assign_splits_with_quotas(groups, seed=0, stratify=labels,
+                                            quotas=[_quota("category2.cardigans", labels == "cardigans", n=0)])
+    assert (off == assign_splits(groups, seed=0, stratify=labels)).all()
+    assert report["category2.cardigans"]["reserved"] == 0
+
+
+def test_bad_quotas_are_refused():
+    with pytest.raises(ValueError, match="max_share must be in"):
+        _quota("x", [True], max_share=1.5)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        _quota("x", [True], n=-1)
+    with pytest.raises(ValueError, match="marks 1 rows for 2 rows"):
+        assign_splits_with_quotas(["a", "b"], quotas=[_quota("x", [True])])

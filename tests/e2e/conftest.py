@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from protocol.tracking.artifact_cache import CACHE_ENV
+from protocol.tracking.store import artifact_root, prepare_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,16 +50,43 @@ def mlflow_run(entry: str, params: dict[str, str], env: dict, cwd: Path = ROOT) 
 def pipeline_env(uri: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = uri
+    env[CACHE_ENV] = str(Path(uri[len("sqlite:///"):]).parent / "input-cache")
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
+# The columns where a sqlite store records absolute artifact locations.
+ARTIFACT_COLUMNS = {"experiments": ("artifact_location",), "runs": ("artifact_uri",),
+                    "logged_models": ("artifact_location",), "model_versions": ("source", "storage_location")}
+
+
+def copy_store(src_db: Path, dst_dir: Path) -> str:
+    """An independent copy of a sqlite store: its database and its artifacts, relocated.
+
+    A plain copy of the database would still point at the original's artifact folder, so
+    two stores would share it (and our runs refuse that): the artifacts are copied too and
+    every recorded location is rewritten to the copy's artifact root.
+    """
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    dst_db = dst_dir / "mlflow.db"
+    shutil.copy(src_db, dst_db)
+    old_root, new_root = artifact_root(src_db), artifact_root(dst_db)
+    if old_root.is_dir():
+        shutil.copytree(old_root, new_root, symlinks=True)
+    with sqlite3.connect(dst_db) as db:
+        for old, new in ((old_root.as_uri(), new_root.as_uri()), (str(old_root), str(new_root))):
+            for table, columns in ARTIFACT_COLUMNS.items():
+                for column in columns:
+                    db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (old, new))
+    return f"sqlite:///{dst_db}"
+
+
 @pytest.fixture(scope="session")
 def pipeline_store(tmp_path_factory, migrated_store) -> PipelineStore:
     d = tmp_path_factory.mktemp("pipeline")
-    shutil.copy(migrated_store, d / "mlflow.db")
-    uri = f"sqlite:///{d / 'mlflow.db'}"
+    uri = copy_store(migrated_store, d)
+    prepare_store(uri)  # the experiment, with its artifacts beside the store, before `mlflow run` meets it
     env = pipeline_env(uri)
     work = d / "outputs"
     proc = mlflow_run("pipeline", TINY_PIPELINE_PARAMS | {"work_dir": str(work)}, env)

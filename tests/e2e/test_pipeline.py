@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -14,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from protocol.tracking import registry
 from protocol.tracking.runs import EXPERIMENT_NAME
-from tests.e2e.conftest import TINY_PIPELINE_PARAMS, mlflow_run, pipeline_env
+from tests.e2e.conftest import TINY_PIPELINE_PARAMS, copy_store, mlflow_run, pipeline_env
 
 pytestmark = pytest.mark.e2e
 STAGES = ["prepare", "baseline", "audit", "groups", "mine", "pairs", "train", "evaluate", "scoreboard"]
@@ -81,15 +80,13 @@ def test_registry_holds_baseline_and_candidate_with_their_evaluations(pipeline_s
     assert "checkpoints/best.pt" in train_artifacts
 
 
-def copy_store(pipeline_store, tmp_path) -> str:
+def private_store(pipeline_store, tmp_path) -> str:
     """A private copy of the pipeline's store, so this test's runs don't disturb the others."""
-    db = tmp_path / "mlflow.db"
-    shutil.copy(Path(pipeline_store.uri[len("sqlite:///"):]), db)
-    return f"sqlite:///{db}"
+    return copy_store(Path(pipeline_store.uri[len("sqlite:///"):]), tmp_path / "store")
 
 
 def test_unchanged_pipeline_reuses_every_step_and_a_change_reruns_what_is_below(pipeline_store, tmp_path):
-    uri = copy_store(pipeline_store, tmp_path)
+    uri = private_store(pipeline_store, tmp_path)
     params = TINY_PIPELINE_PARAMS | {"work_dir": str(pipeline_store.work_dir)}
     again = mlflow_run("pipeline", params, pipeline_env(uri))
     assert "reused: ['prepare', 'baseline', 'audit', 'groups', 'mine', 'pairs', 'train', 'evaluate', 'scoreboard']" \
@@ -106,7 +103,7 @@ def test_unchanged_pipeline_reuses_every_step_and_a_change_reruns_what_is_below(
 
 
 def test_scoreboard_under_a_lenient_unlocked_targets_file_never_promotes(pipeline_store, tmp_path):
-    uri = copy_store(pipeline_store, tmp_path)
+    uri = private_store(pipeline_store, tmp_path)
     env = pipeline_env(uri)
     use_store(uri)
     candidate = registry.version_by_alias("candidate")

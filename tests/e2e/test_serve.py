@@ -1,4 +1,8 @@
-"""`mlflow models serve` answers the registered model on loopback: text and image in, embeddings out."""
+"""`mlflow models serve` of @champion on loopback: typed input, embeddings, top-k search of its own catalog, HTTP 400.
+
+The server is a real `mlflow models serve` process on a private copy of the pipeline's
+store, where @champion points at the candidate (as a passing scoreboard would).
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,19 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
-from PIL import Image
+from mlflow.tracking import MlflowClient
 
+from protocol.data.processed import load_processed
+from protocol.tracking.artifact_cache import resolve_input
+from protocol.tracking.pyfunc import logged_model_id
 from protocol.tracking.runs import REGISTERED_MODEL
+from tests.e2e.conftest import copy_store, pipeline_env
 
 pytestmark = pytest.mark.e2e
+CHAMPION = f"models:/{REGISTERED_MODEL}@champion"
+TOP_K = 10
 
 
 def free_port() -> int:
@@ -29,10 +40,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def post(url: str, payload: dict) -> dict:
+def post(url: str, payload: dict) -> tuple[int, dict]:
     req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 def wait_until_up(url: str, proc: subprocess.Popen, seconds: float = 180) -> None:
@@ -44,17 +58,32 @@ def wait_until_up(url: str, proc: subprocess.Popen, seconds: float = 180) -> Non
             with urllib.request.urlopen(url, timeout=2):
                 return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(1)
+            time.sleep(0.5)
     raise AssertionError(f"server did not answer {url} within {seconds}s")
 
 
-@pytest.fixture
-def served_baseline(pipeline_store):
+@pytest.fixture(scope="module")
+def champion_store(pipeline_store, tmp_path_factory):
+    """A private store where @champion is the candidate; this process points at it while the module runs."""
+    uri = copy_store(Path(pipeline_store.uri[len("sqlite:///"):]), tmp_path_factory.mktemp("serve"))
+    env = pipeline_env(uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    candidate = client.get_model_version_by_alias(REGISTERED_MODEL, "candidate")
+    client.set_registered_model_alias(REGISTERED_MODEL, "champion", candidate.version)
+    yield uri, env, candidate
+    mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture(scope="module")
+def served_champion(champion_store):
+    uri, env, _ = champion_store
     port = free_port()
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{REGISTERED_MODEL}@baseline",
+        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", CHAMPION,
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=pipeline_store.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
         wait_until_up(f"http://127.0.0.1:{port}/ping", proc)
@@ -67,23 +96,101 @@ def served_baseline(pipeline_store):
             proc.kill()
 
 
-def png_base64(color=(200, 30, 30)) -> str:
+@pytest.fixture(scope="module")
+def catalog_and_queries(champion_store, pipeline_store):
+    """(the champion's packed catalog meta, the test-split queries with their image bytes)."""
+    _, _, candidate = champion_store
+    model_dir = resolve_input(f"models:/{logged_model_id(candidate)}", "champion")
+    catalog = pd.read_parquet(model_dir / "artifacts" / "catalog" / "catalog_meta.parquet")
+    prepare_run = MlflowClient().search_runs([candidate_experiment(candidate)], "tags.stage = 'prepare'")[0]
+    processed = load_processed(resolve_input(f"runs:/{prepare_run.info.run_id}/processed", "prepared"))
+    test_rows = np.flatnonzero(processed.meta["split"].to_numpy() == "test")
+    return catalog, processed, test_rows
+
+
+def candidate_experiment(version) -> str:
+    return MlflowClient().get_run(version.run_id).info.experiment_id
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def image_bytes(processed, row: int) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (64, 64), color).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+    processed.dataset[int(row)]["image"].save(buf, format="PNG")
+    return buf.getvalue()
 
 
-def test_served_model_embeds_text_and_images(pipeline_store, served_baseline, monkeypatch):
-    texts = ["red denim shorts", "black leather jacket with a collar"]
-    by_text = np.asarray(post(served_baseline, {"inputs": {"text": texts}})["predictions"], dtype=np.float32)
-    by_image = np.asarray(post(served_baseline, {"inputs": {"image": [png_base64()]}})["predictions"], dtype=np.float32)
-    assert by_text.shape[0] == 2 and by_image.shape == (1, by_text.shape[1])
-    np.testing.assert_allclose(np.linalg.norm(by_text, axis=1), 1.0, atol=1e-4)
-    np.testing.assert_allclose(np.linalg.norm(by_image, axis=1), 1.0, atol=1e-4)
-    assert not np.allclose(by_text[0], by_text[1])
+def test_registered_model_has_a_typed_signature_and_an_input_example(champion_store):
+    _, _, candidate = champion_store
+    info = mlflow.models.get_model_info(CHAMPION)
+    assert info.model_id == logged_model_id(candidate)  # the champion is a logged model of the train run
+    inputs = info.signature.inputs.to_dict()[0]
+    assert inputs["type"] == "object" and set(inputs["properties"]) == {"text", "image"}
+    assert inputs["properties"]["image"]["type"] == "binary"
+    assert info.signature.params.to_dict() == [{"name": "top_k", "default": TOP_K, "shape": None, "type": "long"}]
+    assert set(info.signature.outputs.to_dict()[0]["properties"]) == {"embedding", "matches"}
+    example = json.loads(Path(mlflow.artifacts.download_artifacts(
+        f"models:/{logged_model_id(candidate)}/serving_input_example.json")).read_text())
+    assert [set(row) for row in example["inputs"]] == [{"text"}, {"image"}]
 
-    # what the server answers is what the registered model computes in-process
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", pipeline_store.uri)
-    mlflow.set_tracking_uri(pipeline_store.uri)
-    local = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}@baseline")
-    np.testing.assert_allclose(local.predict({"text": texts}), by_text, atol=1e-5)
+
+def test_a_text_query_for_a_class_finds_that_class_above_chance(served_champion, catalog_and_queries):
+    catalog, processed, test_rows = catalog_and_queries
+    share = catalog["category2"].value_counts(normalize=True)
+    queries = processed.meta.iloc[test_rows]
+    queries = queries[queries["category2"].isin(share.index) & (queries["category2"] != "graphic")]
+    status, body = post(served_champion, {"inputs": [{"text": t} for t in queries["text"]], "params": {"top_k": TOP_K}})
+    assert status == 200, body
+    answers = body["predictions"]
+    assert len(answers) == len(queries)
+    precision, chance = [], []
+    for answer, category in zip(answers, queries["category2"]):
+        matches = answer["matches"]
+        assert len(matches) == TOP_K and set(matches[0]) == {"item_id", "score", "category", "image", "url"}
+        assert [m["score"] for m in matches] == sorted((m["score"] for m in matches), reverse=True)
+        assert all(m["item_id"] in set(catalog["item_id"]) for m in matches)  # its own catalog, nothing else
+        precision.append(np.mean([m["category"] == category for m in matches]))
+        chance.append(share[category])
+    print(f"served t2i category p@{TOP_K}: {np.mean(precision):.3f} vs chance {np.mean(chance):.3f} "
+          f"(n={len(precision)} test queries)")
+    assert np.mean(precision) > np.mean(chance)
+
+
+def test_an_image_query_finds_the_item_itself_and_its_image_reference_opens(served_champion, catalog_and_queries):
+    from protocol.tracking.pyfunc import catalog_image
+
+    catalog, processed, _ = catalog_and_queries
+    item = catalog["item_id"].iloc[3]
+    row = int(np.flatnonzero(processed.meta["item_id"].to_numpy() == item)[0])
+    status, body = post(served_champion, {"inputs": [{"image": b64(image_bytes(processed, row))}],
+                                          "params": {"top_k": 3}})
+    assert status == 200, body
+    (answer,) = body["predictions"]
+    top = answer["matches"][0]
+    assert top["item_id"] == item and top["score"] == pytest.approx(1.0, abs=1e-3)
+    assert np.linalg.norm(answer["embedding"]) == pytest.approx(1.0, abs=1e-4)
+    picture = catalog_image(top["image"])
+    assert np.array_equal(np.asarray(picture), np.asarray(processed.dataset[row]["image"].convert("RGB")))
+
+
+def test_served_answers_are_what_the_registered_model_computes(served_champion):
+    texts = [{"text": "red denim shorts"}, {"text": "black leather jacket with a collar"}]
+    status, body = post(served_champion, {"inputs": texts, "params": {"top_k": 0}})
+    assert status == 200 and all(a["matches"] == [] for a in body["predictions"])
+    local = mlflow.pyfunc.load_model(CHAMPION).predict(texts, params={"top_k": 0})
+    np.testing.assert_allclose([a.embedding for a in local], [a["embedding"] for a in body["predictions"]], atol=1e-5)
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({"inputs": [{"image": "/etc/hostname"}]}, "a file path is never read"),
+    ({"inputs": [{"image": b64(b"not a picture at all")}]}, "row 0: 'image' is not a decodable picture"),
+    ({"inputs": [{"text": "shorts", "colour": "red"}]}, "Extra inputs are not permitted"),
+    ({"inputs": [{}]}, "exactly one of a non-empty 'text' or an 'image'"),
+    ({"inputs": [{"text": "shorts"}], "params": {"top_k": -1}}, "params.top_k must be in [0, 1000]"),
+    ({"inputs": {"text": ["columnar input"]}}, "Expected list"),
+])
+def test_bad_input_is_answered_with_400_and_a_clear_message(served_champion, payload, message):
+    status, body = post(served_champion, payload)
+    assert status == 400 and message in body["message"], body

@@ -4,59 +4,29 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from protocol.model.backbone import Backbone, BackboneSpec, FingerprintMismatchError, create_backbone
-from protocol.model.features import cache_path, extract_features, load_features
-
-DATASET_FP = "d" * 64
-FEATURES = datasets.Features(
-    {"item_id": datasets.Value("string"), "text": datasets.Value("string"), "image": datasets.Image()}
+from protocol.model.feature_cache import lock_path
+from protocol.model.features import DamagedCacheError, cache_path, extract_features, load_features
+from tests.model.extraction_job import (
+    DATASET_FP, FEATURES, Job, drawn_png, image_files, path_dataset, png_dataset, texts, unblock,
 )
+
+CACHE_FILES = ["image.npy", "item_ids.json", "manifest.json", "text.npy"]  # all a finished cache holds
+
 
 
 @pytest.fixture(scope="module")
 def tiny() -> Backbone:
     return create_backbone(BackboneSpec("protocol-tiny", seed=0), device="cpu")  # exact comparisons need one device
-
-
-def drawn_png(i: int) -> bytes:
-    image = Image.new("RGB", (64, 64), (37 * i % 256, 90, 255 - 11 * i % 256))
-    ImageDraw.Draw(image).rectangle((i % 30, 10, 40 + i % 20, 50), fill=(250, 23 * i % 256, 10))
-    out = io.BytesIO()
-    image.save(out, "PNG")
-    return out.getvalue()
-
-
-def texts(n: int) -> list[str]:
-    return [f"item {i}: a {['denim', 'leather', 'cotton'][i % 3]} {['cardigan', 'shorts'][i % 2]}" for i in range(n)]
-
-
-def png_dataset(n: int = 40) -> datasets.Dataset:
-    return datasets.Dataset.from_dict(
-        {"item_id": [f"P{i:03d}" for i in range(n)], "text": texts(n),
-         "image": [{"bytes": drawn_png(i), "path": None} for i in range(n)]},
-        features=FEATURES,
-    )
-
-
-def path_dataset(image_paths: list[str]) -> datasets.Dataset:
-    """Images referenced by file path (the subprocess in the resume test builds the same)."""
-    n = len(image_paths)
-    return datasets.Dataset.from_dict(
-        {"item_id": [f"P{i:03d}" for i in range(n)], "text": texts(n), "image": image_paths}, features=FEATURES
-    )
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +48,8 @@ def test_computed_once_then_reused(tiny, reference, tmp_path):
 
     root = cache_path(tmp_path, DATASET_FP, tiny.fingerprint)
     assert root.name == f"{DATASET_FP[:16]}-{tiny.fingerprint[:16]}"
-    assert sorted(p.name for p in root.iterdir()) == ["image.npy", "item_ids.json", "manifest.json", "text.npy"]
+    assert sorted(p.name for p in root.iterdir()) == CACHE_FILES
+    assert lock_path(root).exists()  # beside the cache, not in it
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["complete"] and manifest["n"] == 40 and manifest["dim"] == 32 and manifest["dtype"] == "float32"
     assert manifest["backbone_fingerprint"] == tiny.fingerprint and manifest["dataset_fingerprint"] == DATASET_FP
@@ -110,42 +81,17 @@ def test_row_order_follows_the_dataset(tiny, reference, tmp_path):
 
 
 def test_resumes_after_the_process_is_killed(tiny, reference, tmp_path):
-    # Row 30's image is a named pipe: the extraction blocks there (like a stalled network
-    # file) after the first image shard is written, and is then killed with SIGKILL.
-    image_dir = tmp_path / "images"
-    image_dir.mkdir()
-    paths = []
-    for i in range(40):
-        path = image_dir / f"{i}.png"
-        if i == 30:
-            os.mkfifo(path)
-        else:
-            path.write_bytes(drawn_png(i))
-        paths.append(str(path))
+    # Row 30's image is a named pipe: the extraction blocks there after the first image
+    # shard is written, and is then killed with SIGKILL.
+    paths = image_files(tmp_path / "images", 40, pipes=(30,))
     cache = tmp_path / "cache"
-    code = (
-        "import json, sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from test_features import path_dataset\n"
-        "from protocol.model.backbone import BackboneSpec, create_backbone\n"
-        "from protocol.model.features import extract_features\n"
-        f"extract_features(path_dataset(json.loads({json.dumps(json.dumps(paths))})), {DATASET_FP!r},\n"
-        f"                 create_backbone(BackboneSpec('protocol-tiny', seed=0), 'cpu'), {str(cache)!r},\n"
-        "                 batch_size=8, num_workers=0, shard_size=16)\n"
-    )
     root = cache_path(cache, DATASET_FP, tiny.fingerprint)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    job = Job(paths, cache, tmp_path / "job.log", shard_size=16)
     try:
-        deadline = time.monotonic() + 240
-        while not (root / "image_00000.npy").exists():
-            assert proc.poll() is None, f"extraction ended early:\n{proc.stdout.read().decode()}"
-            assert time.monotonic() < deadline, "the first image shard never appeared"
-            time.sleep(0.05)
-        time.sleep(0.3)  # it is blocked on the pipe now; nothing more can be written
-        assert proc.poll() is None
+        job.wait_until(lambda: (root / "image_00000.npy").exists(), "the first image shard")
+        job.wait_until(lambda: "image phase" in job.output(), "the image phase")
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        job.kill()
     left = sorted(p.name for p in root.glob("*.npy"))
     assert left == ["image_00000.npy", "text_00000.npy", "text_00001.npy", "text_00002.npy"]
     with pytest.raises(RuntimeError, match="incomplete"):
@@ -153,13 +99,86 @@ def test_resumes_after_the_process_is_killed(tiny, reference, tmp_path):
     first_shard = np.load(root / "image_00000.npy")
 
     os.unlink(paths[30])  # the stalled file becomes readable
-    Path(paths[30]).write_bytes(drawn_png(30))
+    open(paths[30], "wb").write(drawn_png(30))
     resumed = extract_features(path_dataset(paths), DATASET_FP, tiny, cache, batch_size=8, num_workers=2, shard_size=16)
-    assert resumed.n_computed == 24  # image rows 16..39 only: text shards and image shard 0 were kept
+    assert resumed.n_computed == 24  # image rows 16..39 only: the text shards and image shard 0 were kept
     np.testing.assert_array_equal(resumed.image[:16], first_shard)
     np.testing.assert_allclose(resumed.image, reference[0], atol=1e-5)
     np.testing.assert_allclose(resumed.text, reference[1], atol=1e-5)
-    assert sorted(p.name for p in root.iterdir()) == ["image.npy", "item_ids.json", "manifest.json", "text.npy"]
+    assert sorted(p.name for p in root.iterdir()) == CACHE_FILES
+
+
+def test_two_processes_on_one_cache_take_turns(tiny, reference, tmp_path):
+    # The first blocks on row 30 (a named pipe) while it holds the cache; the second must
+    # wait for it, say so, and then find the cache complete instead of racing its consolidation.
+    paths = image_files(tmp_path / "images", 40, pipes=(30,))
+    cache = tmp_path / "cache"
+    root = cache_path(cache, DATASET_FP, tiny.fingerprint)
+    first = Job(paths, cache, tmp_path / "first.log", shard_size=16, num_workers=1)
+    second = None
+    try:
+        first.wait_until(lambda: "image phase" in first.output(), "the first job's image phase")
+        second = Job(paths, cache, tmp_path / "second.log", shard_size=16)
+        second.wait_until(lambda: "waiting for it to finish" in second.output(), "the second job waiting")
+        assert str(lock_path(root)) in second.output()
+        unblock(paths[30], 30)
+        assert first.result()["n_computed"] == 40
+        assert second.result()["n_computed"] == 0
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+    assert "lock on" in second.output() and "all 40 items cached" in second.output()
+    assert sorted(p.name for p in root.iterdir()) == CACHE_FILES  # no stray shard, no temp dir
+    features = load_features(cache, DATASET_FP, tiny.fingerprint)
+    np.testing.assert_allclose(features.image, reference[0], atol=1e-5)
+    np.testing.assert_allclose(features.text, reference[1], atol=1e-5)
+
+
+def test_a_truncated_or_altered_consolidated_array_is_named_and_recomputed(tiny, reference, tmp_path, caplog):
+    first = extract_features(png_dataset(), DATASET_FP, tiny, tmp_path, batch_size=8, num_workers=0, shard_size=16)
+    root = cache_path(tmp_path, DATASET_FP, tiny.fingerprint)
+    image_npy, text_npy = root / "image.npy", root / "text.npy"
+    text_bytes = text_npy.read_bytes()
+    image_npy.write_bytes(image_npy.read_bytes()[:1000])  # truncated, as by a full disk or a bad copy
+    with pytest.raises(DamagedCacheError, match=f"{image_npy}.*truncated.*run extract_features.*or delete"):
+        load_features(tmp_path, DATASET_FP, tiny.fingerprint)
+
+    with caplog.at_level(logging.WARNING, logger="protocol"):
+        again = extract_features(png_dataset(), DATASET_FP, tiny, tmp_path, batch_size=8, num_workers=0,
+                                 shard_size=16)
+    assert f"{image_npy} is damaged" in caplog.text
+    assert again.n_computed == 40  # every image row again; the intact text.npy was kept as it was
+    assert text_npy.read_bytes() == text_bytes
+    np.testing.assert_array_equal(again.image, first.image)
+    assert sorted(p.name for p in root.iterdir()) == CACHE_FILES
+
+    altered = bytearray(text_npy.read_bytes())  # same size, other numbers: only the sha256 can tell
+    altered[-8:] = b"\x00" * 8
+    text_npy.write_bytes(bytes(altered))
+    with pytest.raises(DamagedCacheError, match=f"{text_npy}.*sha256"):
+        load_features(tmp_path, DATASET_FP, tiny.fingerprint)
+    repaired = extract_features(png_dataset(), DATASET_FP, tiny, tmp_path, batch_size=8, num_workers=0, shard_size=16)
+    np.testing.assert_array_equal(repaired.text, first.text)
+    np.testing.assert_allclose(repaired.text, reference[1], atol=1e-5)
+
+
+def test_a_truncated_shard_is_named_and_recomputed(tiny, reference, tmp_path, caplog):
+    rows = png_dataset(40).to_dict()
+    rows["image"][20] = {"bytes": b"not an image", "path": None}  # stops the image phase after shard 0
+    with pytest.raises(ValueError, match="row 20"):
+        extract_features(datasets.Dataset.from_dict(rows, features=FEATURES), DATASET_FP, tiny, tmp_path,
+                         batch_size=8, num_workers=0, shard_size=16)
+    root = cache_path(tmp_path, DATASET_FP, tiny.fingerprint)
+    shard = root / "image_00000.npy"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with caplog.at_level(logging.WARNING, logger="protocol"):
+        features = extract_features(png_dataset(40), DATASET_FP, tiny, tmp_path, batch_size=8, num_workers=0,
+                                    shard_size=16)
+    assert f"shard {shard} is unreadable" in caplog.text
+    assert features.n_computed == 40  # every image shard (0 was damaged); the text shards were kept
+    np.testing.assert_allclose(features.image, reference[0], atol=1e-5)
+    assert sorted(p.name for p in root.iterdir()) == CACHE_FILES
 
 
 def test_other_backbone_or_dataset_fingerprint_is_refused(tiny, tmp_path):

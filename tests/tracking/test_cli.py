@@ -24,6 +24,8 @@ def test_defaults_and_typed_values():
         (["--n_products", "0"], "parameter 'n_products' must be >= 1, got 0"),
         (["--val_fraction", "0.5", "--test_fraction", "0.5"], "must leave room for a train split"),
         (["--source", "table"], "parameter 'input' is required for source=table"),
+        (["--test_quota", "-1"], "parameter 'test_quota' must be >= 0, got -1"),
+        (["--quota_max_share", "1.5"], "parameter 'quota_max_share' must be in [0, 1], got 1.5"),
     ],
 )
 def test_bad_values_name_the_parameter(argv, message):

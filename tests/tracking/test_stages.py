@@ -103,12 +103,15 @@ def test_model_registry_name(tracking_uri, tiny_prepared, tmp_path):
 def prepared_without_test_leather(tiny_prepared, tmp_path):
     """The tiny dataset with every test product made of leather moved to train: a target class absent from the
     test split, however the split fell."""
+    import datasets
+
     from protocol.data.prepare import save_processed
-    from protocol.data.processed import image_bytes_of, load_processed
+    from protocol.data.processed import load_processed
 
     processed = load_processed(tiny_prepared)
     df = processed.meta.copy()
-    df["image_bytes"] = image_bytes_of(processed.dataset)
+    df["image_bytes"] = [cell["bytes"] for cell in
+                         processed.dataset.cast_column("image", datasets.Image(decode=False))["image"]]
     leather = df["group_id"].isin(df.loc[(df["split"] == "test") & (df["material"] == "leather"), "group_id"])
     df.loc[leather, "split"] = "train"
     assert (df["material"] == "leather").any() and not ((df["split"] == "test") & (df["material"] == "leather")).any()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from protocol.model.engines import ENGINES
 from protocol.retrieval.evaluation import EvalConfigMixin
 from protocol.tracking.evaluation import evaluate_and_log
 from protocol.tracking.registry import EVALUATION_RUN_TAG
@@ -23,7 +24,11 @@ class BaselineConfig(EvalConfigMixin):
     backbone_seed: int = field(default=0, metadata={"help": "seed of the random init when pretrained=none"})
     cache_dir: str = field(default="outputs/feature_cache", metadata={"help": "feature cache directory"})
     batch_size: int = 32
-    num_workers: int = 2
+    num_workers: int | None = field(default=None, metadata={
+        "help": "DataLoader workers of the local engine; empty = derived from the cores and the device"})
+    engine: str = field(default="local", metadata={
+        "choices": ENGINES, "help": "feature extraction: local (DataLoader workers) or ray (Ray Data actors; "
+                                    "RAY_ADDRESS names a cluster, else a local Ray instance)"})
     register: bool = field(default=True, metadata={"help": "register the zero-shot model as @baseline"})
     output_dir: str = field(default="outputs/baseline", metadata={"help": "catalog + eval output directory"})
 
@@ -31,7 +36,7 @@ class BaselineConfig(EvalConfigMixin):
         super().__post_init__()
         if self.batch_size < 1:
             raise ValueError(f"parameter 'batch_size' must be >= 1, got {self.batch_size}")
-        if self.num_workers < 0:
+        if self.num_workers is not None and self.num_workers < 0:
             raise ValueError(f"parameter 'num_workers' must be >= 0, got {self.num_workers}")
 
 
@@ -46,7 +51,8 @@ def run_baseline(cfg: BaselineConfig) -> dict:
     from protocol.model.features import extract_features
     from protocol.model.protocol_model import ProtocolHeads
     from protocol.retrieval.catalog import build_catalog
-    from protocol.tracking.pyfunc import log_protocol_model
+    from protocol.tracking.artifact_cache import stable_reference
+    from protocol.tracking.pyfunc import encoded_image, log_protocol_model
     from protocol.training.checkpoint import save_checkpoint
 
     with stage_run("baseline", cfg, output_dir=cfg.output_dir) as logger:
@@ -55,7 +61,7 @@ def run_baseline(cfg: BaselineConfig) -> dict:
         logger.set_tags({"dataset.fingerprint": processed.fingerprint, "backbone.fingerprint": backbone.fingerprint})
         logger.log_dataset(processed, "evaluation")
         features = extract_features(processed.dataset, processed.fingerprint, backbone, cfg.cache_dir,
-                                    batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+                                    batch_size=cfg.batch_size, num_workers=cfg.num_workers, engine=cfg.engine)
         logger.log_metrics({"features.n_computed": features.n_computed, "features.n_items": len(features.item_ids)})
 
         out = logger.output_dir
@@ -76,8 +82,10 @@ def run_baseline(cfg: BaselineConfig) -> dict:
             heads_path = out / "identity_heads.pt"
             save_checkpoint(heads_path, {"heads": ProtocolHeads.identity(backbone.embed_dim).state_for_checkpoint(),
                                          "backbone_fingerprint": backbone.fingerprint})
-            version = log_protocol_model(heads_path, backbone_spec_dict(backbone), alias="baseline",
-                                         registered_model=REGISTERED_MODEL,
+            version = log_protocol_model(heads_path, backbone_spec_dict(backbone), name="baseline",
+                                         catalog_dir=catalog_dir, dataset_ref=stable_reference(cfg.prepared),
+                                         example_image=encoded_image(processed.dataset[int(catalog_rows[0])]["image"]),
+                                         alias="baseline", registered_model=REGISTERED_MODEL,
                                          description=f"zero-shot {cfg.model} ({cfg.pretrained}), identity heads",
                                          version_tags={EVALUATION_RUN_TAG: logger.run_id})
             logger.set_tags({"registered.version": version, "registered.alias": "baseline"})

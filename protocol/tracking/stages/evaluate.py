@@ -61,6 +61,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
 
     with stage_run("evaluate", cfg, output_dir=cfg.output_dir) as logger:
         ckpt_path, version = locate_checkpoint(cfg)
+        if version is not None:
+            logger.name_after(version=version.version)
         state = load_checkpoint(ckpt_path)
         backbone_fp = state["backbone_fingerprint"]
         processed = load_processed(resolve_input(cfg.prepared, "prepared"))

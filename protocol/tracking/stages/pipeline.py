@@ -44,7 +44,7 @@ class PipelineConfig:
     pretrained: str = "none"
     backbone_seed: int = 0
     batch_size: int = 32
-    num_workers: int = 2
+    num_workers: int | None = None  # feature extraction workers; None: baseline's default (from the cores)
     epochs: int = 10
     n_pairs: int = 50_000
     attribute_heads: bool = True

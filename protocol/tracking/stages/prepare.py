@@ -28,6 +28,15 @@ class PrepareConfig:
     seed: int = field(default=0, metadata={"help": "seed for generation and splits"})
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    # 30: the fewest queries behind a scoreboard row the scoreboard calls confident. Real
+    # catalogs need it too: a stratified 20% of a rare class is too few queries to judge.
+    test_quota: int = field(default=30, metadata={
+        "help": "at least this many test items per weak class / rare material of the scoreboard spec (0: off)"})
+    neckline_test_quota: int = field(default=100, metadata={
+        "help": "at least this many neckline-known test items (0: off)"})
+    # Half: whatever the quotas ask, a class keeps at least half its items for train + val.
+    quota_max_share: float = field(default=0.5, metadata={
+        "help": "the most of a class's items that the test quotas may put in test"})
     strict: bool = field(default=False, metadata={"help": "fail on the first bad row instead of rejecting it"})
     limit: int | None = field(default=None, metadata={"help": "read at most this many source rows"})
     output_dir: str = field(default="outputs/prepared", metadata={"help": "where the processed dataset is written"})
@@ -47,12 +56,24 @@ class PrepareConfig:
                 raise ValueError(f"parameter {name!r} must be in (0, 1), got {value}")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must leave room for a train split")
+        for name in ("test_quota", "neckline_test_quota"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"parameter {name!r} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.quota_max_share <= 1:
+            raise ValueError(f"parameter 'quota_max_share' must be in [0, 1], got {self.quota_max_share}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"parameter 'limit' must be >= 1, got {self.limit}")
 
     @property
     def fractions(self) -> dict[str, float]:
         return {"train": 1 - self.val_fraction - self.test_fraction, "val": self.val_fraction, "test": self.test_fraction}
+
+    @property
+    def quotas(self):
+        from protocol.data.prepare import SplitQuotas
+
+        return SplitQuotas(per_class=self.test_quota, known_neckline=self.neckline_test_quota,
+                           max_share=self.quota_max_share)
 
 
 def load_raw(cfg: PrepareConfig):
@@ -78,7 +99,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
 
     with stage_run("prepare", cfg, output_dir=cfg.output_dir) as logger:
         raw, rejects, source = load_raw(cfg)
-        df = finalize(raw, fractions=cfg.fractions, seed=cfg.seed)
+        df = finalize(raw, fractions=cfg.fractions, seed=cfg.seed, quotas=cfg.quotas)
         out = logger.output_dir
         manifest = save_processed(df, out, source=source, rejects=rejects)
         processed = load_processed(out)
@@ -86,7 +107,9 @@ def run_prepare(cfg: PrepareConfig) -> dict:
         logger.set_tags({"dataset.fingerprint": processed.fingerprint, "dataset.source": source})
         n_rejects = 0 if rejects is None else len(rejects)
         logger.log_metrics({"items": len(meta), "products": meta["group_id"].nunique(), "rejects": n_rejects}
-                           | {f"items.{k}": v for k, v in meta["split"].value_counts().items()})
+                           | {f"items.{k}": v for k, v in meta["split"].value_counts().items()}
+                           | {f"quota.{name}.{k}": v for name, report in manifest["split_quotas"].items()
+                              for k, v in report.items() if k in ("test", "catalog", "reserved")})
         logger.log_dataset(processed, context="prepare")
         for name, table in distribution_tables(meta).items():
             logger.log_table(table, f"distributions/{name}.json")

@@ -76,6 +76,7 @@ def run_scoreboard(cfg: ScoreboardConfig) -> dict:
         lock_tags = {"targets_sha256": spec.sha256, "locked": str(spec.locked).lower()}
         logger.set_tags(lock_tags)
         base_v, cand_v = resolve_version(cfg.baseline), resolve_version(cfg.candidate)
+        logger.name_after(baseline_version=base_v.version, candidate_version=cand_v.version)
         version_tags = {"scoreboard.run_id": logger.run_id, "scoreboard.baseline_version": base_v.version,
                         **{f"scoreboard.{k}": v for k, v in lock_tags.items()}}
         logger.set_tags({"baseline.version": base_v.version, "candidate.version": cand_v.version})

@@ -1,4 +1,9 @@
-"""`train`: heads on cached backbone features -> checkpoints -> pyfunc model -> registry alias `candidate`."""
+"""`train`: heads on cached backbone features -> checkpoints -> logged models -> registry alias `candidate`.
+
+The MLflow side of training: the best epoch's heads become a LoggedModel of the run, with
+that epoch's validation metrics linked to it; registration packs the catalog those heads
+make of the cached features into that very model and points @candidate at it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol.training.config import TrainConfig
+from protocol.tracking.artifact_cache import stable_reference
+from protocol.tracking.pyfunc import encoded_image, log_heads_model, register_logged_model
 from protocol.tracking.runs import REGISTERED_MODEL, resolve_input, stage_run
 
 log = logging.getLogger(__name__)
@@ -37,34 +44,79 @@ def run_train(cfg: TrainStageConfig) -> dict:
     import pandas as pd
 
     from protocol.data.processed import load_processed
-    from protocol.io import read_json
     from protocol.model.backbone import check_fingerprint
     from protocol.model.features import load_features
-    from protocol.tracking.pyfunc import log_protocol_model
+    from protocol.retrieval.catalog import load_catalog
     from protocol.training.train import train
 
     with stage_run("train", cfg, output_dir=cfg.output_dir) as logger:
         processed = load_processed(resolve_input(cfg.prepared, "prepared"))
-        manifest = read_json(resolve_input(cfg.catalog, "catalog") / "manifest.json")
+        baseline_catalog = load_catalog(resolve_input(cfg.catalog, "catalog"))
+        manifest = baseline_catalog.manifest
         check_fingerprint(manifest["dataset_fingerprint"], processed.fingerprint, "dataset of the baseline catalog")
         backbone_fp = manifest["backbone_fingerprint"]
-        logger.set_tags({"dataset.fingerprint": processed.fingerprint, "backbone.fingerprint": backbone_fp,
-                         "ablation": "plain-infonce" if not (cfg.attribute_heads or cfg.balanced_sampling
-                                                             or cfg.hard_negatives) else "attribute-aware"})
+        logger.set_tags({"dataset.fingerprint": processed.fingerprint, "backbone.fingerprint": backbone_fp})
+        logger.log_dataset(processed, context="training")
         features = load_features(cfg.cache_dir, processed.fingerprint, backbone_fp)  # training never runs the backbone
         pairs = pd.read_parquet(resolve_input(cfg.pairs, "pairs"))
         negatives = (pd.read_parquet(resolve_input(cfg.hard_negatives_path, "hard_negatives_path"))
                      if cfg.hard_negatives else None)
+        epochs = EpochModels(logger, manifest["model_spec"])
         result = train(cfg.train_config(), features, processed.meta, pairs, negatives, logger.output_dir,
                        logger=logger, resume=resolve_input(cfg.resume, "resume") if cfg.resume else None)
         logger.log_metrics({"best.epoch": result.best_epoch or 0, f"best.{cfg.primary_metric}": result.best_metric or 0.0,
                             "trainable_parameters": result.heads.n_trainable_parameters()})
         version = None
         if cfg.register:
-            version = log_protocol_model(
-                result.best_path, manifest["model_spec"], alias="candidate", registered_model=REGISTERED_MODEL,
-                description=f"heads trained by run {logger.run_id} (best epoch {result.best_epoch}, "
-                            f"val {cfg.primary_metric}={result.best_metric:.4f})")
-            logger.set_tags({"registered.version": version, "registered.alias": "candidate"})
+            from protocol.model.protocol_model import ProtocolHeads
+            from protocol.training.checkpoint import load_checkpoint
+
+            best_heads = ProtocolHeads.from_checkpoint(load_checkpoint(result.best_path))
+            best_model = epochs.log(result.best_epoch, best_heads)
+            version = register_candidate(logger, cfg, best_model, epochs.heads_file(result.best_epoch), best_heads,
+                                         features, baseline_catalog, processed,
+                                         description=f"heads trained by run {logger.run_id} (best epoch "
+                                                     f"{result.best_epoch}, val {cfg.primary_metric}="
+                                                     f"{result.best_metric:.4f})")
         return {"run_id": logger.run_id, "best_path": str(result.best_path), "version": version,
                 "best_metric": result.best_metric, "final_metrics": result.final_metrics}
+
+
+class EpochModels:
+    """Each epoch's heads as an MLflow LoggedModel of the train run, linked to that epoch's metrics."""
+
+    def __init__(self, logger, backbone_spec: dict):
+        self.logger, self.backbone_spec = logger, backbone_spec
+        self.model_ids: dict[int, str] = {}
+
+    def heads_file(self, epoch: int) -> Path:
+        return self.logger.output_dir / "models" / f"epoch_{epoch:03d}_heads.pt"
+
+    def log(self, epoch: int, heads) -> str:
+        """Log `heads` as the model of `epoch` (step = epoch); the run's metrics at that step link to it."""
+        from protocol.training.checkpoint import save_checkpoint
+
+        path = save_checkpoint(self.heads_file(epoch), {"heads": heads.state_for_checkpoint(),
+                                                        "backbone_fingerprint": self.backbone_spec["fingerprint"]})
+        self.model_ids[epoch] = log_heads_model(path, self.backbone_spec, name=f"epoch-{epoch:03d}", step=epoch,
+                                                tags={"epoch": str(epoch), "run_id": self.logger.run_id})
+        return self.model_ids[epoch]
+
+
+def register_candidate(logger, cfg: TrainStageConfig, model_id: str, heads_file: Path, heads, features,
+                       baseline_catalog, processed, *, description: str) -> str:
+    """Register logged model `model_id` as @candidate, with the catalog its heads make of the cached features."""
+    from protocol.retrieval.catalog import build_catalog
+
+    items = baseline_catalog.meta
+    image_emb, text_emb = heads.embed_numpy(*features.take(items["item_id"]))
+    catalog_dir = build_catalog(logger.output_dir / "catalog", image_emb, text_emb, items,
+                                {**baseline_catalog.manifest, "heads": heads_file.name})
+    first = int(processed.meta.index[processed.meta["item_id"] == items["item_id"].iloc[0]][0])
+    version = register_logged_model(
+        model_id, heads_file, baseline_catalog.manifest["model_spec"], catalog_dir=catalog_dir,
+        dataset_ref=stable_reference(cfg.prepared), example_image=encoded_image(processed.dataset[first]["image"]),
+        alias="candidate", registered_model=REGISTERED_MODEL, description=description)
+    logger.set_tags({"registered.version": version, "registered.alias": "candidate",
+                     "registered.model_id": model_id})
+    return version
