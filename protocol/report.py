@@ -1,7 +1,8 @@
 """The final evaluation report: report.md and report.html from metrics, tables, galleries.
 
-Both files carry the same content: the scoreboard (PASS/FAIL per target and the
-verdict), headline metrics per mode, the per-attribute breakdowns (thin rows
+Both files carry the same content: the scoreboard (PASS/FAIL per target, n and the
+paired interval, the verdict and how confident it is; or why there is none), headline
+metrics per mode, the per-attribute breakdowns (thin rows
 marked) and the galleries. The HTML is self-contained apart from the gallery
 images, which are referenced by paths relative to the report, so the report
 directory can be moved or logged as an MLflow artifact directory as a whole.
@@ -19,7 +20,8 @@ import pandas as pd
 
 from protocol.io import atomic_path
 from protocol.retrieval.metrics import THIN_BELOW
-from protocol.scoreboard import TABLE_HEADER, Scoreboard, scoreboard_rows
+from protocol.scoreboard import TABLE_HEADER, Scoreboard, scoreboard_rows, table_caption
+from protocol.scoreboard.format import NUMERIC_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -131,23 +133,24 @@ def _md_table(header: list[str] | tuple[str, ...], rows: list[list[str]] | list[
 
 
 def _render_markdown(
-    title: str, scoreboard: Scoreboard | None, metrics: dict[str, float], counts: dict[str, int],
-    tables: dict[str, pd.DataFrame], galleries: dict[str, str], context: dict[str, str],
+    title: str, scoreboard: Scoreboard | None, no_scoreboard: str, metrics: dict[str, float],
+    counts: dict[str, int], tables: dict[str, pd.DataFrame], galleries: dict[str, str], context: dict[str, str],
 ) -> str:
     out = [f"# {_md_escape(title)}", ""]
     if context:
         out += [f"- **{_md_escape(k)}**: `{str(v).replace('`', chr(39))}`" for k, v in context.items()] + [""]
     out += ["## Scoreboard", ""]
     if scoreboard is None:
-        out += ["No scoreboard: no baseline was given to compare with.", ""]
+        out += [f"No scoreboard: {_md_escape(no_scoreboard)}.", ""]
     else:
         out += [
-            f"Locked targets v{scoreboard.spec.version}, mode `{scoreboard.spec.mode}`; values in points (x100); "
-            "PASS/FAIL is each target against its own threshold, the verdict follows the success rule.",
+            _md_escape(table_caption(scoreboard)) + "; the verdict follows the success rule.",
             "",
             _md_table(TABLE_HEADER, scoreboard_rows(scoreboard)),
             "",
             f"**{_md_escape(scoreboard.verdict)}**",
+            "",
+            *(f"- {_md_escape(line)}" for line in scoreboard.details),
             "",
         ]
     out += ["## Headline metrics", ""]
@@ -192,8 +195,8 @@ def _html_table(
 
 
 def _render_html(
-    title: str, scoreboard: Scoreboard | None, metrics: dict[str, float], counts: dict[str, int],
-    tables: dict[str, pd.DataFrame], galleries: dict[str, str], context: dict[str, str],
+    title: str, scoreboard: Scoreboard | None, no_scoreboard: str, metrics: dict[str, float],
+    counts: dict[str, int], tables: dict[str, pd.DataFrame], galleries: dict[str, str], context: dict[str, str],
 ) -> str:
     out = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -203,19 +206,16 @@ def _render_html(
         out.append('<dl class="context">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in context.items()) + "</dl>")
     out.append("<h2>Scoreboard</h2>")
     if scoreboard is None:
-        out.append("<p>No scoreboard: no baseline was given to compare with.</p>")
+        out.append(f"<p>No scoreboard: {_e(no_scoreboard)}.</p>")
     else:
-        out.append(
-            f"<p>Locked targets v{_e(scoreboard.spec.version)}, mode <code>{_e(scoreboard.spec.mode)}</code>; "
-            "values in points (x100); PASS/FAIL is each target against its own threshold, "
-            "the verdict follows the success rule.</p>"
-        )
+        out.append(f"<p>{_e(table_caption(scoreboard))}; the verdict follows the success rule.</p>")
         out.append(_html_table(
-            TABLE_HEADER, scoreboard_rows(scoreboard), numeric={3, 4, 5, 6, 7},
+            TABLE_HEADER, scoreboard_rows(scoreboard), numeric=NUMERIC_COLUMNS,
             cell_class=lambda i, c: ({"PASS": "pass", "FAIL": "fail"}.get(c) if i == 0 else None),
         ))
         verdict_class = "pass" if scoreboard.passed else "fail"
         out.append(f'<p class="verdict {verdict_class}">{_e(scoreboard.verdict)}</p>')
+        out.append("<ul>" + "".join(f"<li>{_e(line)}</li>" for line in scoreboard.details) + "</ul>")
     out.append("<h2>Headline metrics</h2>")
     header, rows = headline_table(metrics, counts)
     out.append(_html_table(header, rows) if rows else "<p>No metrics.</p>")
@@ -244,6 +244,7 @@ def write_report(
     out_dir: str | Path,
     *,
     scoreboard: Scoreboard | None,
+    no_scoreboard: str = "no baseline was given to compare with",
     metrics: dict[str, float],
     counts: dict[str, int],
     tables: dict[str, pd.DataFrame],
@@ -253,6 +254,7 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Write report.md and report.html (atomic) into out_dir; return their paths.
 
+    `no_scoreboard`: why there is no scoreboard, shown in its place when `scoreboard` is None.
     `tables`: section name -> breakdown DataFrame (e.g. `by_attribute_table` output;
     a boolean `thin` column marks thin rows). `galleries`: caption -> PNG path
     relative to out_dir. `context`: run id, fingerprints, ... shown under the title.
@@ -260,7 +262,7 @@ def write_report(
     out_dir = Path(out_dir)
     for name, rel in galleries.items():
         _check_gallery_path(name, rel, out_dir)
-    parts = (title, scoreboard, metrics, counts, tables, galleries, context)
+    parts = (title, scoreboard, no_scoreboard, metrics, counts, tables, galleries, context)
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
     with atomic_path(md_path) as tmp:
         tmp.write_text(_render_markdown(*parts), encoding="utf-8")

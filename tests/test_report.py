@@ -9,13 +9,12 @@ import pytest
 
 from protocol.report import headline_table, write_report
 from protocol.scoreboard import compute_scoreboard
+from tests.scoreboard.tables import evidence, per_query_table
 
-NECK, CARD, SHORTS, DENIM, LEATHER = (
-    "t2i.neckline.p10", "t2i.category.p10.cardigans", "t2i.category.p10.shorts",
-    "t2i.material.p10.denim", "t2i.material.p10.leather",
-)
-BASELINE = {NECK: 0.40, CARD: 0.20, SHORTS: 0.30, DENIM: 0.10, LEATHER: 0.05}
-CANDIDATE = {NECK: 0.46, CARD: 0.21, SHORTS: 0.42, DENIM: 0.20, LEATHER: 0.07}
+NECK, CARD = "t2i.neckline.p10", "t2i.category.p10.cardigans"
+# neckline 40 -> 46, cardigans 30 -> 31, shorts 30 -> 42, denim 20 -> 30; no leather query at all
+SHIFT = {"neckline": 6, "cardigans": 1, "shorts": 12, "denim": 10}
+CANDIDATE = {NECK: 0.46, CARD: 0.31}
 
 
 def category_table() -> pd.DataFrame:
@@ -27,7 +26,8 @@ def category_table() -> pd.DataFrame:
 
 
 def make_report(tmp_path, title="Candidate v3 vs baseline", scoreboard=True):
-    sb = compute_scoreboard(BASELINE, CANDIDATE) if scoreboard else None
+    sb = compute_scoreboard(evidence(per_query_table(absent=("leather",)), "baseline"),
+                            evidence(per_query_table(SHIFT, absent=("leather",)), "candidate")) if scoreboard else None
     (tmp_path / "galleries").mkdir(exist_ok=True)
     (tmp_path / "galleries" / "t2i_queries.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     metrics = {**CANDIDATE, "t2i.recall10": 0.3, "i2i.neckline.p10": 0.5}
@@ -49,9 +49,13 @@ def test_report_files_hold_scoreboard_rows_and_verdict(tmp_path):
     assert md_path == tmp_path / "report.md" and html_path == tmp_path / "report.html"
     md, page = md_path.read_text(), html_path.read_text()
     # neckline 40 -> 46 = +6 (PASS); cardigans +1 misses its +10 (FAIL) but the overall rule passes
-    assert "| PASS | neckline | t2i.neckline.p10 | 40.00 | 46.00 | +6.00 | >= +5 |" in md
-    assert "| FAIL | cardigans | t2i.category.p10.cardigans | 20.00 | 21.00 | +1.00 | >= +10 |" in md
+    assert ("| PASS | neckline | t2i.neckline.p10 | 40.00 | 46.00 | +6.00 | [+6.00, +6.00] | >= +5 | 120 | "
+            ">= +5 ok | confident |") in md
+    assert "| FAIL | cardigans | t2i.category.p10.cardigans | 30.00 | 31.00 | +1.00 | [+1.00, +1.00] | >= +10 |" in md
+    # leather has no query: a row that cannot be judged, named under the verdict
+    assert "| N/A | leather | t2i.material.p10.leather | - | - | - | - | >= +10 | 0 | not judged |" in md
     assert "VERDICT: PASSED" in md and "VERDICT: PASSED" in page
+    assert "- not judged (no queries): leather" in md and "<li>not judged (no queries): leather</li>" in page
     assert '<td class="pass">PASS</td><td>neckline</td>' in page
     assert '<td class="fail">FAIL</td><td>cardigans</td>' in page
     assert '<td class="num">+6.00</td>' in page
@@ -95,6 +99,11 @@ def test_report_escapes_html_in_title_and_context(tmp_path):
 def test_report_without_scoreboard(tmp_path):
     md = make_report(tmp_path, scoreboard=False)[0].read_text()
     assert "No scoreboard" in md and "PASS" not in md and "VERDICT" not in md
+    md, page = (p.read_text() for p in write_report(
+        tmp_path, scoreboard=None, no_scoreboard="the baseline was evaluated on other queries", metrics={},
+        counts={}, tables={}, galleries={}, title="t", context={}))
+    assert "No scoreboard: the baseline was evaluated on other queries." in md
+    assert "<p>No scoreboard: the baseline was evaluated on other queries.</p>" in page
 
 
 def test_report_refuses_absolute_gallery_path(tmp_path):

@@ -38,6 +38,7 @@ from protocol.retrieval.metrics import (
     known_values,
     metric_value_name,
 )
+from protocol.scoreboard import focus_classes
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,11 @@ TEXT_LINE, QUERY_LINES = 16, 5
 BACKGROUND, INK, FACT_INK, RULE = "white", "#212121", "#424242", "#e0e0e0"
 FRAME, CELL_FILL, QUERY_FILL = "#616161", "#f5f5f5", "#fafafa"
 DEFAULT_ATTRIBUTES = ("category", "material", "neckline")
-DEFAULT_FOCUS = {"category": None, "material": None, "neckline": None}
+
+
+def weakness_focus() -> dict[str, tuple[str, ...] | None]:
+    """The weak classes and rare materials of the locked scoreboard, and the worst necklines."""
+    return {**focus_classes(), "neckline": None}
 
 
 @dataclass
@@ -92,7 +97,7 @@ def weakness_gallery(
     load_image: ImageLoader,
     *,
     mode: str = "t2i",
-    focus: Mapping[str, Sequence[str] | None] = DEFAULT_FOCUS,
+    focus: Mapping[str, Sequence[str] | None] | None = None,
     stat: str = "p10",
     n_worst: int = 2,
     n_per_value: int = 2,
@@ -102,14 +107,15 @@ def weakness_gallery(
     """Queries of the worst-scoring values: for each focus attribute, the listed values
     (None: the `n_worst` lowest by `stat`, non-thin values first), and for each value
     the `n_per_value` queries with the fewest hits on that attribute; at most
-    `n_queries` rows in all (None: no cap)."""
+    `n_queries` rows in all (None: no cap). `focus` None: `weakness_focus()`."""
+    focus = weakness_focus() if focus is None else focus
     ranking = result.rankings[mode]
     rows: list[GalleryRow] = []
     for attribute, values in focus.items():
         table = by_attribute_table(result, attribute)
         table = table[table["mode"] == mode].set_index("value")
         for value in _focus_values(table, values, stat, n_worst):
-            picked = _worst_queries(result, ranking, queries_meta, catalog_meta, attribute, value, n_per_value)
+            picked = _worst_queries(result, mode, attribute, value, n_per_value)
             score = f"{stat} {table.at[value, stat]:.2f}, n={table.at[value, 'n']}" if value in table.index else "no queries"
             rows += [GalleryRow(int(result.query_rows[i]), ranking[i], f"{attribute}={value} ({score})") for i in picked]
     title = f"{mode}: worst values of {', '.join(focus)}"
@@ -433,14 +439,15 @@ def _focus_values(table: pd.DataFrame, values: Sequence[str] | None, stat: str, 
     return list(ranked.index[:n_worst])
 
 
-def _worst_queries(result, ranking, queries_meta, catalog_meta, attribute, value, n) -> list[int]:
-    """Positions (in result.query_rows) of the n queries with value and the fewest hits in the top 10."""
-    column = attribute_column(attribute)
-    q_values = queries_meta[column].iloc[result.query_rows].astype(str).map(metric_value_name).to_numpy()
-    positions = np.flatnonzero(q_values == value)
+def _worst_queries(result, mode, attribute, value, n) -> list[int]:
+    """Positions (in result.query_rows) of the n queries with value and the fewest hits in the top 10.
+
+    Read from the mode's per-query table, so the gallery shows what the metrics counted."""
+    table = result.queries[mode]
+    names = table[attribute_column(attribute)].astype(str).map(metric_value_name).to_numpy()
+    positions = np.flatnonzero(names == value)
     if len(positions) == 0:
         logger.warning("weakness gallery: no query has %s=%s", attribute, value)
         return []
-    hits = attribute_relevance(queries_meta[column].iloc[result.query_rows[positions]], catalog_meta[column],
-                               ranking[positions, :N_RESULTS], attribute).sum(axis=1)
-    return list(positions[np.argsort(hits, kind="stable")[:n]])
+    precision = table[f"{attribute}.p{N_RESULTS}"].to_numpy()[positions]
+    return list(positions[np.argsort(precision, kind="stable")[:n]])

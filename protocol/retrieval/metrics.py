@@ -24,6 +24,13 @@ Definitions (K in `ks`, attribute A, value v):
 - i2i excludes the query item itself from both galleries (matched by item_id when
   the catalog happens to hold it).
 
+Per-query evidence: each mode's ranking gives one table, a row per query (`query_table`):
+`query_id`, `group_id`, the query's attribute values, `top10` (result item ids) and, per
+attribute A, `A.p{K}` and `A.map10` (NaN where the query's A is not scored), `recall{K}`
+and `rr10` (NaN where the query's product cannot be found). Every aggregate is computed
+from that table by `aggregate_metrics`, and `metric_per_query` picks the queries behind
+any one figure with the same rules, so the scoreboard can pair two evaluations on them.
+
 Names follow DESIGN: `{mode}.{A}.p{K}`, `{mode}.{A}.p{K}.{v}`, `{mode}.{A}.map10[.{v}]`,
 `{mode}.recall{K}`, `{mode}.mrr10`, `{mode}.n_queries`; every key has a count (queries
 behind it) and keys with fewer than 5 queries are marked thin.
@@ -34,14 +41,13 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from protocol.io import write_json
 from protocol.retrieval.catalog import fuse
+from protocol.retrieval.queries import group_keys, stratified_sample
 from protocol.retrieval.search import APPROX_MIN_CATALOG, combine_reports, merge_topk, topk
 
 logger = logging.getLogger(__name__)
@@ -50,9 +56,14 @@ ATTRIBUTES = ("category", "material", "pattern", "neckline", "sleeve", "color")
 MODES = ("t2i", "t2f", "i2i")
 UNKNOWN = "unknown"
 GRAPHIC = "graphic"
-THIN_BELOW = 5
+THIN_BELOW = 5  # DESIGN: a figure with fewer than 5 queries behind it is reported but marked thin
 RANK_DEPTH = 10  # mAP@10 and mrr@10 look this deep
-GROUP_COLUMNS = ("group_id", "product_id", "item_id")
+# The version of the definitions in this module. Bump it whenever a definition changes
+# (what counts as a match, a query, a hit, the normalisation of AP, ...): the scoreboard
+# refuses to compare evaluations made under different versions.
+METRIC_VERSION = 1
+QUERY_ID, TOP_RESULTS = "query_id", "top10"  # per-query table: the query item, its top-10 result item ids
+RECIPROCAL_RANK = "rr10"  # per-query column whose mean is `mrr10`
 
 
 @dataclass
@@ -63,6 +74,7 @@ class EvalResult:
     rankings: dict[str, np.ndarray]  # mode -> [Q, depth] catalog rows (-1 = no result)
     query_rows: np.ndarray  # rows of `queries` that were used, in ranking order
     ks: tuple[int, ...] = field(default=(1, 5, 10))
+    queries: dict[str, pd.DataFrame] = field(default_factory=dict)  # mode -> per-query table (`query_table`)
     search: dict[str, dict] = field(default_factory=dict)  # mode -> search.topk report (backend, recall)
 
 
@@ -139,44 +151,6 @@ def reciprocal_rank(hits: np.ndarray, depth: int = RANK_DEPTH) -> np.ndarray:
     return np.where(hits.any(axis=1), 1.0 / (first + 1), 0.0)
 
 
-# ---- query sampling and product groups ---------------------------------------------
-
-
-def stratified_sample(labels: Sequence, n: int | None, seed: int = 0) -> np.ndarray:
-    """Sorted row indices of a seeded sample of n rows, stratified by label.
-
-    Every label first gets one row (when n allows, so rare categories keep queries),
-    the rest is shared in proportion to label size by largest remainder. None or
-    n >= len(labels) returns every row.
-    """
-    labels = pd.Series(labels, dtype=object).fillna("").astype(str).to_numpy()
-    if n is None or n >= len(labels):
-        return np.arange(len(labels))
-    if n < 1:
-        raise ValueError(f"max_queries must be positive or None, got {n}")
-    names, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
-    base = np.minimum(sizes, 1) if n >= len(names) else np.zeros_like(sizes)
-    room = sizes - base
-    share = (n - base.sum()) * room / room.sum()
-    quota = base + np.floor(share).astype(int)
-    by_remainder = np.argsort(-(share - np.floor(share)), kind="stable")
-    quota[by_remainder[: n - quota.sum()]] += 1
-    rng = np.random.default_rng(seed)
-    picked = [rng.permutation(np.flatnonzero(inverse == g))[: quota[g]] for g in range(len(names))]
-    return np.sort(np.concatenate(picked))
-
-
-def group_keys(meta: pd.DataFrame) -> np.ndarray:
-    """Product key per row: group_id, else product_id, else item_id (first non-empty)."""
-    keys = pd.Series("", index=meta.index, dtype=object)
-    for column in reversed(GROUP_COLUMNS):
-        if column in meta.columns:
-            values = meta[column].astype(object)
-            present = values.notna() & (values.astype(str) != "")
-            keys = keys.where(~present, values.astype(str))
-    return keys.to_numpy()
-
-
 # ---- evaluation ---------------------------------------------------------------------
 
 
@@ -220,9 +194,11 @@ def evaluate_retrieval(
     extra_row_of[extra] = np.arange(len(extra))
     gallery_groups = np.concatenate([group_keys(catalog), group_keys(queries)[extra]])
 
+    query_groups = group_keys(query_meta)
     metrics: dict[str, float] = {}
     counts: dict[str, int] = {}
     rankings: dict[str, np.ndarray] = {}
+    tables: dict[str, pd.DataFrame] = {}
     searches: dict[str, dict] = {}
     for mode in modes:
         query_vecs, catalog_vecs, extra_vecs = _mode_vectors(
@@ -235,21 +211,23 @@ def evaluate_retrieval(
         scores, ranking = topk(query_vecs, catalog_vecs, depth, exclude=self_in_catalog, backend="auto",
                                report=catalog_search, approx_min_catalog=approx_min_catalog)
         rankings[mode] = ranking
-        _attribute_metrics(mode, query_meta, catalog, ranking, self_in_catalog, ks, metrics, counts)
-
         extra_scores, extra_ranking = topk(query_vecs, extra_vecs, depth, exclude=self_in_extra, backend="auto",
                                            report=extra_search, approx_min_catalog=approx_min_catalog)
         searches[mode] = combine_reports([catalog_search, extra_search])
         extra_ranking = np.where(extra_ranking >= 0, extra_ranking + len(catalog), -1)
         _, full_ranking = merge_topk(scores, ranking, extra_scores, extra_ranking, depth)
-        _product_metrics(mode, group_keys(query_meta), gallery_groups, full_ranking, mode == "i2i", ks, metrics, counts)
-        metrics[f"{mode}.n_queries"] = float(len(rows))
-        counts[f"{mode}.n_queries"] = len(rows)
+
+        table = query_table(query_meta, query_groups, catalog, ranking, self_in_catalog, ks)
+        table = table.join(_product_columns(query_groups, gallery_groups, full_ranking, mode == "i2i", ks))
+        tables[mode] = table
+        mode_metrics, mode_counts = aggregate_metrics(mode, table)
+        metrics |= mode_metrics
+        counts |= mode_counts
         logger.info("%s: %d queries, %s", mode, len(rows),
-                    ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith(mode) and k.count(".") == 2))
+                    ", ".join(f"{k}={v:.3f}" for k, v in mode_metrics.items() if k.count(".") == 2))
 
     thin = {key for key, n in counts.items() if n < THIN_BELOW}
-    return EvalResult(metrics, counts, thin, rankings, rows, ks, searches)
+    return EvalResult(metrics, counts, thin, rankings, rows, ks, tables, searches)
 
 
 def _check_inputs(meta: pd.DataFrame, first: np.ndarray, second: np.ndarray, what: str) -> None:
@@ -278,7 +256,20 @@ def metric_value_name(value: str) -> str:
     return re.sub(r"[^\w.\- /:]", "_", str(value))
 
 
-def _attribute_metrics(mode, query_meta, catalog, ranking, self_rows, ks, metrics, counts) -> None:
+def query_table(query_meta, query_groups, catalog, ranking, self_rows, ks) -> pd.DataFrame:
+    """The per-query table of one mode: ids, attribute values, top-10 result ids, per-attribute precision.
+
+    A query whose attribute is not scored (unknown; graphic for category) has NaN in that
+    attribute's columns, so it is left out of every figure of that attribute.
+    """
+    item_ids = np.append(catalog["item_id"].astype(str).to_numpy(), "")  # index -1 (no result) -> ""
+    top = item_ids[ranking[:, :RANK_DEPTH]]
+    table = pd.DataFrame({
+        QUERY_ID: query_meta["item_id"].astype(str).to_numpy(),
+        "group_id": query_groups,
+        **{attribute_column(a): query_meta[attribute_column(a)].astype(object).to_numpy() for a in ATTRIBUTES},
+        TOP_RESULTS: [[i for i in row if i] for row in top],
+    })
     for attribute in ATTRIBUTES:
         column = attribute_column(attribute)
         q_values, g_values = query_meta[column], catalog[column]
@@ -289,36 +280,92 @@ def _attribute_metrics(mode, query_meta, catalog, ranking, self_rows, ks, metric
             own = attribute_relevance(q_values, g_values, self_rows[:, None], attribute)[:, 0]
             n_relevant = n_relevant - own
         known = known_values(q_values, attribute)
-        if not known.any():
-            logger.warning("%s: no query has a known %s; its metrics are left out", mode, attribute)
-            continue
-        per_query = pd.DataFrame({f"p{k}": precision_at(relevant, k) for k in ks})
-        per_query["map10"] = average_precision(relevant, n_relevant)
-        per_query["value"] = q_values.map(metric_value_name).to_numpy()  # grouped by key name
-        per_query = per_query[known]
-        for stat in per_query.columns.drop("value"):
-            key = f"{mode}.{attribute}.{stat}"
-            metrics[key], counts[key] = float(per_query[stat].mean()), len(per_query)
-        grouped = per_query.groupby("value", sort=True)
-        sizes, means = grouped.size(), grouped.mean()
-        for value, n in sizes.items():
-            for stat in means.columns:
-                key = f"{mode}.{attribute}.{stat}.{value}"
-                metrics[key], counts[key] = float(means.at[value, stat]), int(n)
+        for k in ks:
+            table[f"{attribute}.p{k}"] = np.where(known, precision_at(relevant, k), np.nan)
+        table[f"{attribute}.map10"] = np.where(known, average_precision(relevant, n_relevant), np.nan)
+    return table
 
 
-def _product_metrics(mode, query_groups, gallery_groups, ranking, self_excluded, ks, metrics, counts) -> None:
+def _product_columns(query_groups, gallery_groups, ranking, self_excluded, ks) -> pd.DataFrame:
+    """recall{K} and rr10 per query; NaN where the query's product has no item in the gallery to find."""
     codes, _ = pd.factorize(np.concatenate([gallery_groups, query_groups]))
     g_codes, q_codes = codes[: len(gallery_groups)], codes[len(gallery_groups) :]
     hits = np.append(g_codes, -1)[ranking] == q_codes[:, None]  # index -1 -> padding, never a hit
     findable = np.bincount(g_codes, minlength=codes.max() + 1)[q_codes] - int(self_excluded) > 0
-    if not findable.any():
-        logger.warning("%s: no query has another item of its product in the gallery; recall is left out", mode)
-        return
-    hits = hits[findable]
-    for k in ks:
-        metrics[f"{mode}.recall{k}"], counts[f"{mode}.recall{k}"] = float(recall_at(hits, k).mean()), len(hits)
-    metrics[f"{mode}.mrr10"], counts[f"{mode}.mrr10"] = float(reciprocal_rank(hits).mean()), len(hits)
+    columns = {f"recall{k}": recall_at(hits, k) for k in ks} | {RECIPROCAL_RANK: reciprocal_rank(hits)}
+    return pd.DataFrame({name: np.where(findable, values, np.nan) for name, values in columns.items()})
+
+
+# ---- aggregates from the per-query table ----------------------------------------------
+
+
+def _metric_column(stat_column: str) -> str:
+    """The metric name of a per-query column (`rr10` is averaged into `mrr10`)."""
+    return "mrr10" if stat_column == RECIPROCAL_RANK else stat_column
+
+
+def query_metric_columns(table: pd.DataFrame) -> list[str]:
+    """The per-query metric columns of a table, e.g. `neckline.p10`, `recall10`, `rr10`."""
+    return [c for c in table.columns
+            if (c.partition(".")[0] in ATTRIBUTES and "." in c) or re.fullmatch(r"recall\d+", c)
+            or c == RECIPROCAL_RANK]
+
+
+def _value_names(table: pd.DataFrame, attribute: str) -> pd.Series:
+    """Each query's value of `attribute` as metric keys name it (each distinct value converted once)."""
+    values = table[attribute_column(attribute)].astype(str)
+    return values.map({v: metric_value_name(v) for v in values.unique()})
+
+
+def aggregate_metrics(mode: str, table: pd.DataFrame) -> tuple[dict[str, float], dict[str, int]]:
+    """Every metric of one mode and the number of queries behind it, from its per-query table.
+
+    A figure is the mean of a column over the queries where it is not NaN, overall and per
+    value of the attribute; a column no query scores gives no key.
+    """
+    metrics: dict[str, float] = {f"{mode}.n_queries": float(len(table))}
+    counts: dict[str, int] = {f"{mode}.n_queries": len(table)}
+    names: dict[str, pd.Series] = {}
+    for column in query_metric_columns(table):
+        scored = table[column].dropna()
+        if scored.empty:
+            logger.warning("%s: no query is scored on %s; its metrics are left out", mode, column)
+            continue
+        key = f"{mode}.{_metric_column(column)}"
+        metrics[key], counts[key] = float(scored.mean()), len(scored)
+        attribute = column.partition(".")[0]
+        if attribute not in ATTRIBUTES:
+            continue
+        if attribute not in names:
+            names[attribute] = _value_names(table, attribute)
+        grouped = scored.groupby(names[attribute][scored.index], sort=True)
+        means, sizes = grouped.mean(), grouped.size()
+        for value in means.index:
+            metrics[f"{key}.{value}"], counts[f"{key}.{value}"] = float(means[value]), int(sizes[value])
+    return metrics, counts
+
+
+def metric_per_query(table: pd.DataFrame, metric: str) -> pd.Series:
+    """The per-query values behind one metric key (any mode prefix), indexed by query id.
+
+    `t2i.category.p10.cardigans` -> `category.p10` of the cardigans queries scored on it;
+    `t2i.mrr10` -> `rr10` of the queries whose product can be found. Empty when no query
+    is behind the figure (e.g. no test query is a cardigan). Its mean is the metric that
+    `aggregate_metrics` reports under that key.
+    """
+    _, attribute, stat, value = parse_metric_key(metric)
+    column = f"{attribute}.{stat}" if attribute else (RECIPROCAL_RANK if stat == "mrr10" else stat)
+    if column not in query_metric_columns(table):
+        raise ValueError(
+            f"metric {metric!r} is not computed from the per-query table (its column {column!r} is missing; "
+            f"columns: {query_metric_columns(table)}); check the name against DESIGN's metric names"
+        )
+    values = table[column]
+    scored = values.notna()
+    if value is not None:
+        scored &= _value_names(table, attribute) == value
+    return pd.Series(values[scored].to_numpy(dtype=np.float64), index=table[QUERY_ID][scored].to_numpy(),
+                     name=metric)
 
 
 # ---- reporting ----------------------------------------------------------------------
@@ -350,21 +397,3 @@ def by_attribute_table(result: EvalResult, attribute: str) -> pd.DataFrame:
     mode_order = {m: i for i, m in enumerate(MODES)}
     return (table.sort_values(["mode", "value"], key=lambda s: s.map(mode_order) if s.name == "mode" else s)
             .reset_index(drop=True))
-
-
-def write_eval_json(result: EvalResult, eval_dir: str | Path) -> None:
-    """eval/metrics.json (every non-per-value key) and metrics_by_{attribute}.json, atomically."""
-    eval_dir = Path(eval_dir)
-    overall = {
-        key: {"value": value, "n": result.counts[key], "thin": key in result.thin}
-        for key, value in sorted(result.metrics.items())
-        if parse_metric_key(key)[3] is None
-    }
-    write_json(eval_dir / "metrics.json", overall)
-    for attribute in ATTRIBUTES:
-        table = by_attribute_table(result, attribute)
-        nested: dict[str, dict[str, dict]] = {}
-        for record in table.to_dict(orient="records"):
-            mode, value = record.pop("mode"), record.pop("value")
-            nested.setdefault(mode, {})[value] = record
-        write_json(eval_dir / f"metrics_by_{attribute}.json", nested)

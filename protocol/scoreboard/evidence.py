@@ -1,110 +1,110 @@
-"""Reading the evidence of an evaluation: metrics files and eval/ directories."""
+"""The evidence behind a verdict: per-query tables and manifests of evaluations, paired on query ids.
+
+An evaluation's eval/ directory (`protocol.retrieval.eval_files`) holds one per-query
+table per mode and a manifest naming what it was made on. Two evaluations are compared
+only when their manifests agree on the five COMPARED fields; otherwise the comparison
+is refused with an error naming each field that differs and both values.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-from protocol.io import read_json
-from protocol.scoreboard.compute import MissingMetricError, Scoreboard, compute_scoreboard
-from protocol.scoreboard.spec import ScoreboardSpec
+import numpy as np
+import pandas as pd
 
-_EVAL_BREAKDOWN_KEYS = ("n", "thin")  # keys of a metrics_by_*.json entry that are not metrics
+from protocol.retrieval.eval_files import EvalManifest, read_eval_manifest, read_query_table
+from protocol.retrieval.metrics import EvalResult, metric_per_query
+
+# What two evaluations must share to be compared (EvalManifest.comparable_fields names them).
+COMPARED = ("dataset_fingerprint", "query_ids", "catalog_splits", "backbone_fingerprint", "metric_version")
+
+
+class NotComparableError(ValueError):
+    """Two evaluations were not made on the same data, queries, catalog, backbone or metric definitions."""
+
+
+class MissingMetricError(KeyError):
+    """A target metric is not computed by an evaluation's per-query table."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message with quotes
+        return str(self.args[0])
 
 
 @dataclass(frozen=True)
-class MetricsFile:
-    """Metrics read from a file: flat DESIGN names -> fraction, and -> query count where known."""
+class Evidence:
+    """One side of a comparison: what its evaluation was made on, and its per-query tables by mode."""
 
-    metrics: dict[str, float]
-    counts: dict[str, int]
-    path: str
+    what: str  # names it in messages, e.g. "candidate (version 3)"
+    manifest: EvalManifest
+    tables: Mapping[str, pd.DataFrame]
+
+    def table(self, mode: str) -> pd.DataFrame:
+        if mode not in self.tables:
+            raise ValueError(f"{self.what}: no per-query table for mode {mode!r} (has {sorted(self.tables)}); "
+                             "evaluate that mode with the baseline or evaluate stage")
+        return self.tables[mode]
+
+    def values(self, mode: str, metric: str) -> pd.Series:
+        """Per-query values behind `metric`, indexed by query id (empty when no query is behind it)."""
+        try:
+            return metric_per_query(self.table(mode), metric)
+        except ValueError as e:
+            raise MissingMetricError(f"{self.what}: {e}") from e
 
 
-def read_metrics(path: str | Path) -> MetricsFile:
-    """Read metrics from a flat JSON file, a Step-6 metrics.json, or an eval/ (or catalog) directory.
+def read_evidence(eval_dir: str | Path, what: str, modes: Sequence[str] | None = None) -> Evidence:
+    """The manifest and per-query tables (of `modes`, default all) of an eval/ directory."""
+    manifest = read_eval_manifest(eval_dir, what)
+    tables = {mode: read_query_table(eval_dir, mode, manifest, what) for mode in (modes or manifest.modes)}
+    return Evidence(what, manifest, tables)
 
-    Layouts accepted:
-    - flat: {"t2i.neckline.p10": 0.41, ...}
-    - Step-6 metrics.json: {"t2i.neckline.p10": {"value": 0.41, "n": 180, "thin": false}, ...},
-      plus, beside it, metrics_by_<attribute>.json: {mode: {value: {"p10": 0.3, "n": 9, ...}}}
-      which give "{mode}.{attribute}.{key}.{value}" (e.g. "t2i.category.p10.cardigans").
-    Names in metrics.json win over the same name derived from a breakdown file.
+
+def evidence_of(result: EvalResult, manifest: EvalManifest, what: str) -> Evidence:
+    """An evaluation still in memory (e.g. the candidate inside the evaluate stage)."""
+    return Evidence(what, manifest, result.queries)
+
+
+def check_comparable(sides: Sequence[Evidence]) -> dict[str, Any]:
+    """{"checked": COMPARED, "<what>": {field: value}, ...} when all sides agree; else NotComparableError.
+
+    The error names every field that differs, with each side's value, and what to re-run.
     """
-    metrics_json = _locate_metrics_json(Path(path))
-    metrics: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for by_file in sorted(metrics_json.parent.glob("metrics_by_*.json")):
-        _read_breakdown(by_file, metrics, counts)
-    _read_flat(metrics_json, metrics, counts)
-    return MetricsFile(metrics=metrics, counts=counts, path=str(metrics_json))
-
-
-def _locate_metrics_json(path: Path) -> Path:
-    if path.is_file():
-        return path
-    if path.is_dir():
-        for candidate in (path / "metrics.json", path / "eval" / "metrics.json"):
-            if candidate.is_file():
-                return candidate
-        raise FileNotFoundError(
-            f"{path}: no metrics.json here nor in {path / 'eval'}; pass a metrics JSON file or the "
-            "eval/ directory the baseline/evaluate stage wrote"
+    values = [side.manifest.comparable_fields() for side in sides]
+    differing = [name for name in COMPARED if any(v[name] != values[0][name] for v in values[1:])]
+    if differing:
+        lines = [f"  {name}: " + "; ".join(f"{side.what} {v[name]}" for side, v in zip(sides, values))
+                 for name in differing]
+        raise NotComparableError(
+            f"{' and '.join(side.what for side in sides)} were not evaluated on the same things, so their "
+            f"metrics cannot be compared; these differ:\n" + "\n".join(lines) + "\n"
+            "Evaluate both on the same processed dataset, query split and catalog splits, with the same "
+            "backbone and metric code (re-run baseline/evaluate for the side that is out of date)."
         )
-    raise FileNotFoundError(f"{path} does not exist; pass a metrics JSON file or an eval/ directory")
+    return {"checked": list(COMPARED), **{side.what: v for side, v in zip(sides, values)}}
 
 
-def _read_flat(path: Path, metrics: dict[str, float], counts: dict[str, int]) -> None:
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of metric name -> value, got {type(data).__name__}")
-    for name, entry in data.items():
-        if isinstance(entry, dict):
-            if "value" not in entry:
-                raise ValueError(f"{path}: metric {name!r} is an object without a 'value' key: {entry!r}")
-            metrics[name] = _number(entry["value"], path, name)
-            if entry.get("n") is not None:
-                counts[name] = int(entry["n"])
-        else:
-            metrics[name] = _number(entry, path, name)
+@dataclass(frozen=True)
+class Paired:
+    """The queries both sides scored for one metric, aligned: baseline[i] and candidate[i] are query_ids[i]."""
+
+    query_ids: np.ndarray
+    baseline: np.ndarray
+    candidate: np.ndarray
+    n_baseline: int  # queries behind the figure on each side, before pairing
+    n_candidate: int
+
+    @property
+    def n(self) -> int:
+        return len(self.query_ids)
 
 
-def _read_breakdown(path: Path, metrics: dict[str, float], counts: dict[str, int]) -> None:
-    attribute = path.stem[len("metrics_by_"):]
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected {{mode: {{value: {{p10: ..., n: ...}}}}}}, got {type(data).__name__}")
-    for mode, by_value in data.items():
-        if not isinstance(by_value, dict):
-            raise ValueError(f"{path}: [{mode!r}] must be an object of value -> metrics")
-        for value, entry in by_value.items():
-            if not isinstance(entry, dict):
-                raise ValueError(f"{path}: [{mode!r}][{value!r}] must be an object like {{'p10': 0.3, 'n': 9}}")
-            for key, number in entry.items():
-                if key in _EVAL_BREAKDOWN_KEYS:
-                    continue
-                name = f"{mode}.{attribute}.{key}.{value}"
-                metrics[name] = _number(number, path, name)
-                if entry.get("n") is not None:
-                    counts[name] = int(entry["n"])
+def paired_values(baseline: Evidence, candidate: Evidence, mode: str, metric: str) -> Paired:
+    """Pair the two sides' per-query values of `metric` on their query ids (sorted)."""
+    base, cand = baseline.values(mode, metric), candidate.values(mode, metric)
+    ids = np.array(sorted(set(base.index) & set(cand.index)), dtype=object)
+    return Paired(ids, base.loc[ids].to_numpy(np.float64) if len(ids) else np.zeros(0),
+                  cand.loc[ids].to_numpy(np.float64) if len(ids) else np.zeros(0), len(base), len(cand))
 
-
-def _number(value: Any, path: Path, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{path}: metric {name!r} must be a number, got {value!r}")
-    return float(value)
-
-
-def compute_scoreboard_files(
-    baseline_json: str | Path,
-    candidate_json: str | Path,
-    spec: ScoreboardSpec | None = None,
-) -> Scoreboard:
-    """The scoreboard from two metrics files/eval directories (see `read_metrics` for layouts)."""
-    base = read_metrics(baseline_json)
-    cand = read_metrics(candidate_json)
-    try:
-        return compute_scoreboard(base.metrics, cand.metrics, spec, base.counts, cand.counts)
-    except MissingMetricError as e:
-        raise MissingMetricError(f"{e} (baseline file: {base.path}; candidate file: {cand.path})") from e

@@ -3,69 +3,90 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from protocol.io import atomic_path, write_json
 from protocol.scoreboard.compute import Scoreboard, TargetResult, points
 
+TABLE_HEADER = ("", "target", "metric", "baseline", "candidate", "delta", "95% interval", "threshold", "n",
+                "overall rule", "evidence")
+NUMERIC_COLUMNS = frozenset({3, 4, 5, 6, 7, 8})  # read best right-aligned
 
-TABLE_HEADER = ("", "target", "metric", "baseline", "candidate", "delta", "threshold", "n", "overall rule")
 
-
-def _n_cell(r: TargetResult) -> str:
-    ns = [n for n in (r.n_baseline, r.n_candidate) if n is not None]
-    if not ns:
-        return "-"
-    text = str(ns[0]) if len(set(ns)) == 1 else f"{r.n_baseline if r.n_baseline is not None else '-'}/{r.n_candidate if r.n_candidate is not None else '-'}"
-    return text + (" thin" if r.thin else "")
+def _mark_cell(r: TargetResult) -> str:
+    if not r.judged:
+        return "N/A"
+    return "PASS" if r.meets_threshold else "FAIL"
 
 
 def _rule_cell(r: TargetResult) -> str:
+    if not r.judged:
+        return "not judged"
     need = f">= {r.target.min_delta_points:+g}" if r.rule == "meets_threshold" else "> 0"
     return f"{need} {'ok' if r.meets_rule else 'MISSED'}"
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _interval_cell(r: TargetResult) -> str:
+    return "-" if not r.judged else f"[{r.ci_low_points:+.2f}, {r.ci_high_points:+.2f}]"
+
+
+def _evidence_cell(r: TargetResult) -> str:
+    return "; ".join(r.marks) if r.marks else ("confident" if r.confident else "-")
 
 
 def scoreboard_rows(scoreboard: Scoreboard) -> list[tuple[str, ...]]:
     """One tuple of display cells per target (columns: TABLE_HEADER); values in points."""
     return [
         (
-            "PASS" if r.meets_threshold else "FAIL",
+            _mark_cell(r),
             r.target.name,
             r.target.metric,
-            f"{points(r.baseline):.2f}",
-            f"{points(r.candidate):.2f}",
-            f"{r.delta_points:+.2f}",
+            _number(None if r.baseline is None else points(r.baseline), ".2f"),
+            _number(None if r.candidate is None else points(r.candidate), ".2f"),
+            _number(r.delta_points, "+.2f"),
+            _interval_cell(r),
             f">= {r.target.min_delta_points:+g}",
-            _n_cell(r),
+            str(r.n) + (" thin" if r.judged and r.thin else ""),
             _rule_cell(r),
+            _evidence_cell(r),
         )
         for r in scoreboard.results
     ]
 
 
+def table_caption(scoreboard: Scoreboard) -> str:
+    spec = scoreboard.spec
+    return (
+        f"Scoreboard v{spec.version}, mode {spec.mode}; values in points (x100), delta = candidate - baseline "
+        f"over n paired queries, {spec.evidence.confidence:.0%} paired bootstrap interval "
+        f"({spec.evidence.resamples} resamples, seed {spec.evidence.seed}); PASS/FAIL = target's own threshold; "
+        f"evidence marks n < {spec.evidence.min_queries} and intervals that include 0"
+    )
+
+
 def format_table(scoreboard: Scoreboard) -> str:
-    """An aligned text table (PASS/FAIL = each target against its own threshold) and the verdict line."""
+    """An aligned text table, then the verdict line and the lines that qualify it."""
     rows = [TABLE_HEADER, *scoreboard_rows(scoreboard)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
-    right = {3, 4, 5, 6, 7}  # numbers read best right-aligned
 
     def line(row: tuple[str, ...]) -> str:
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [c.rjust(w) if i in NUMERIC_COLUMNS else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
         return "  ".join(cells).rstrip()
 
     rule = "-" * len(line(rows[0]))
-    spec = scoreboard.spec
-    head = (
-        f"Scoreboard v{spec.version}, mode {spec.mode}; values in points (x100), "
-        "delta = candidate - baseline; PASS/FAIL = target's own threshold"
-    )
     body = [line(rows[0]), rule, *(line(r) for r in rows[1:]), rule]
-    return "\n".join([head, *body, scoreboard.verdict]) + "\n"
+    return "\n".join([table_caption(scoreboard), *body, scoreboard.verdict, *scoreboard.details]) + "\n"
 
 
-def write_scoreboard(scoreboard: Scoreboard, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write scoreboard.json and scoreboard.txt (atomic) into out_dir."""
+def write_scoreboard(scoreboard: Scoreboard, out_dir: str | Path, extra: dict[str, Any] | None = None,
+                     ) -> tuple[Path, Path]:
+    """Write scoreboard.json (with `extra` keys, e.g. the promotion decision) and scoreboard.txt, atomically."""
     out_dir = Path(out_dir)
-    json_path = write_json(out_dir / "scoreboard.json", scoreboard.to_dict())
+    json_path = write_json(out_dir / "scoreboard.json", scoreboard.to_dict() | (extra or {}))
     txt_path = out_dir / "scoreboard.txt"
     with atomic_path(txt_path) as tmp:
         tmp.write_text(format_table(scoreboard))

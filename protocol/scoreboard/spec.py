@@ -1,10 +1,15 @@
 """The scoreboard spec: `protocol/configs/scoreboard.yaml`, parsed and validated.
 
-The targets define what "better" means, so the file is locked (see its header comment).
+The targets define what "better" means, so the file is locked: its sha256 must equal
+`LOCKED_TARGETS_SHA256`, written here in code. A spec read from any other bytes (an
+edited copy, `-P targets=<file>`) still judges, but its verdict is marked unlocked and
+never moves `@champion`; changing the locked targets takes a change to both the file and
+this constant, in one reviewed commit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +22,13 @@ DEFAULT_SPEC_PATH = Path(__file__).resolve().parents[1] / "configs" / "scoreboar
 GROUPS = ("headline", "weak_class", "rare_material")
 RULES = ("meets_threshold", "improves")
 
-_SPEC_KEYS = {"version", "mode", "primary_metric", "success_rule", "targets"}
+# sha256 of the bytes of protocol/configs/scoreboard.yaml: the only spec whose verdicts promote.
+LOCKED_TARGETS_SHA256 = "a176a5cbe0093de219fdde43b018902ed7e2c8043a739aaf68151e675c4567ff"
+MIN_RESAMPLES = 1000  # fewer bootstrap resamples give intervals too noisy to judge by
+
+_SPEC_KEYS = {"version", "mode", "primary_metric", "success_rule", "evidence", "targets"}
 _TARGET_KEYS = {"name", "metric", "min_delta_points", "group", "description"}
+_EVIDENCE_KEYS = {"min_queries", "confidence", "resamples", "seed"}
 
 
 class ScoreboardSpecError(ValueError):
@@ -37,15 +47,36 @@ class Target:
 
 
 @dataclass(frozen=True)
+class EvidenceRule:
+    """How much evidence a target needs: paired queries, and the paired bootstrap that gives its interval."""
+
+    min_queries: int  # fewer paired queries: the row is marked and never `confident`
+    confidence: float  # of the interval, e.g. 0.95
+    resamples: int
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"min_queries": self.min_queries, "confidence": self.confidence, "resamples": self.resamples,
+                "seed": self.seed}
+
+
+@dataclass(frozen=True)
 class ScoreboardSpec:
-    """The parsed, validated scoreboard.yaml."""
+    """The parsed, validated scoreboard.yaml, with the sha256 of its bytes."""
 
     version: int
     mode: str
     primary_metric: str
     success_rule: dict[str, str]  # group -> "meets_threshold" | "improves"
+    evidence: EvidenceRule
     targets: tuple[Target, ...]
     path: str
+    sha256: str
+
+    @property
+    def locked(self) -> bool:
+        """True only for the bytes of the repository's scoreboard.yaml (LOCKED_TARGETS_SHA256)."""
+        return self.sha256 == LOCKED_TARGETS_SHA256
 
     def rule_for(self, target: Target) -> str:
         return self.success_rule[target.group]
@@ -82,18 +113,24 @@ def load_targets(path: str | Path | None = None) -> ScoreboardSpec:
     path = Path(path) if path is not None else DEFAULT_SPEC_PATH
     if not path.exists():
         raise ScoreboardSpecError(f"{path}: scoreboard spec not found; pass the path to scoreboard.yaml")
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
+        raw = yaml.safe_load(data.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ScoreboardSpecError(f"{path}: not valid YAML ({e})") from e
-    return _parse_spec(raw, str(path))
+    return _parse_spec(raw, str(path), targets_sha256(data))
+
+
+def targets_sha256(data: bytes) -> str:
+    """sha256 of a targets file's bytes: what `locked` compares and what the verdict records."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def _spec_error(path: str, key: str, problem: str) -> ScoreboardSpecError:
     return ScoreboardSpecError(f"{path}: `{key}` {problem}. Fix scoreboard.yaml (it is locked: see its header comment).")
 
 
-def _parse_spec(raw: Any, path: str) -> ScoreboardSpec:
+def _parse_spec(raw: Any, path: str, sha256: str) -> ScoreboardSpec:
     if not isinstance(raw, dict):
         raise ScoreboardSpecError(f"{path}: expected a mapping with keys {sorted(_SPEC_KEYS)}, got {type(raw).__name__}")
     _check_keys(raw, _SPEC_KEYS, path, prefix="")
@@ -104,11 +141,28 @@ def _parse_spec(raw: Any, path: str) -> ScoreboardSpec:
     if not primary.startswith(mode + "."):
         raise _spec_error(path, "primary_metric", f"= {primary!r} must be a metric of mode {mode!r} (start with '{mode}.')")
     targets = _parse_targets(raw["targets"], mode, path)
+    if not any(t.group == "headline" for t in targets):
+        raise _spec_error(path, "targets", "must include a target of group headline (the verdict rests on it)")
     success_rule = _parse_success_rule(raw["success_rule"], targets, path)
     return ScoreboardSpec(
-        version=raw["version"], mode=mode, primary_metric=primary,
-        success_rule=success_rule, targets=targets, path=path,
+        version=raw["version"], mode=mode, primary_metric=primary, success_rule=success_rule,
+        evidence=_parse_evidence(raw["evidence"], path), targets=targets, path=path, sha256=sha256,
     )
+
+
+def _parse_evidence(raw: Any, path: str) -> EvidenceRule:
+    if not isinstance(raw, dict):
+        raise _spec_error(path, "evidence", f"must be a mapping with keys {sorted(_EVIDENCE_KEYS)}")
+    _check_keys(raw, _EVIDENCE_KEYS, path, prefix="evidence.")
+    for key, low in (("min_queries", 1), ("resamples", MIN_RESAMPLES), ("seed", 0)):
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise _spec_error(path, f"evidence.{key}", f"must be an integer >= {low}, got {value!r}")
+    confidence = raw["confidence"]
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        raise _spec_error(path, "evidence.confidence", f"must be a number in (0, 1), e.g. 0.95, got {confidence!r}")
+    return EvidenceRule(min_queries=raw["min_queries"], confidence=float(confidence), resamples=raw["resamples"],
+                        seed=raw["seed"])
 
 
 def _check_keys(raw: dict, expected: set[str], path: str, prefix: str) -> None:

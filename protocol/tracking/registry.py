@@ -1,4 +1,4 @@
-"""Registry access: versions by alias, the metrics behind a version, verdict tags, alias moves."""
+"""Registry access: versions by alias, the evaluation behind a version, verdict tags, alias moves."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def evaluation_run_id(version) -> str:
 
 
 def version_eval_dir(version) -> Path:
-    """The eval/*.json files (metrics with query counts) of a version's evaluation run, downloaded."""
+    """The eval/ directory of a version's evaluation run (per-query tables, manifest, metrics), downloaded."""
     run_id = evaluation_run_id(version)
     return resolve_input(f"runs:/{run_id}/eval", f"eval of version {version.version}")
 

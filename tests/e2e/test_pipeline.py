@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -91,7 +92,8 @@ def test_registry_holds_baseline_and_candidate_with_their_evaluations(pipeline_s
     assert baseline.run_id == runs["baseline"][0].info.run_id
     assert candidate.run_id == runs["train"][0].info.run_id
     assert candidate.tags[registry.EVALUATION_RUN_TAG] == runs["evaluate"][0].info.run_id
-    assert candidate.tags["scoreboard.verdict"] in ("pass", "fail")
+    assert candidate.tags["scoreboard.verdict"] in ("pass", "fail", "not_judged")
+    assert candidate.tags["scoreboard.locked"] == "true"  # the pipeline judges by the repository's scoreboard.yaml
     evaluate = runs["evaluate"][0]
     # the candidate is evaluated with the same metric code and names as the baseline
     assert set(evaluate.data.metrics) >= {k for k in runs["baseline"][0].data.metrics if k.startswith("t2i.")}
@@ -126,24 +128,33 @@ def test_unchanged_pipeline_reuses_every_step_and_a_change_reruns_what_is_below(
     assert registry.version_by_alias("candidate").run_id == runs["train"][1].info.run_id
 
 
-def test_scoreboard_promotes_only_a_passing_candidate_that_beats_the_champion(pipeline_store, tmp_path):
+def test_scoreboard_under_a_lenient_unlocked_targets_file_never_promotes(pipeline_store, tmp_path):
     uri = private_store(pipeline_store, tmp_path)
     env = pipeline_env(uri)
+    use_store(uri)
+    candidate = registry.version_by_alias("candidate")
+    # the pipeline's own scoreboard judged by the locked file: @champion moved exactly when it said so
+    pipeline_tags = candidate.tags
+    assert pipeline_tags["scoreboard.locked"] == "true"
+    assert (registry.aliases().get("champion") == candidate.version) == (pipeline_tags["scoreboard.promoted"] == "true")
+    before = registry.aliases().get("champion")
+
+    # every target passes under a file that asks for nothing, but that file is not the locked one
     locked = yaml.safe_load((Path(__file__).resolve().parents[2] / "protocol/configs/scoreboard.yaml").read_text())
     lenient = dict(locked, targets=[dict(t, min_delta_points=-100.0) for t in locked["targets"]],
                    success_rule={g: "meets_threshold" for g in locked["success_rule"]})
     targets = tmp_path / "lenient.yaml"
     targets.write_text(yaml.safe_dump(lenient))
-    board = {"targets": str(targets), "output_dir": str(tmp_path / "board")}
-    use_store(uri)
-    candidate = registry.version_by_alias("candidate")
-
-    first = mlflow_run("scoreboard", board, env)
-    assert f"champion -> version {candidate.version}" in first.stdout
-    assert registry.version_by_alias("champion").version == candidate.version
-    assert MlflowClient().get_model_version(candidate.name, candidate.version).tags["scoreboard.promoted"] == "true"
-
-    # the same candidate again is not strictly better than the champion: the alias stays
-    second = mlflow_run("scoreboard", board, env)
-    assert "champion unchanged" in second.stdout
-    assert registry.version_by_alias("champion").version == candidate.version
+    out = tmp_path / "board"
+    run = mlflow_run("scoreboard", {"targets": str(targets), "output_dir": str(out)}, env)
+    assert "VERDICT: PASSED" in run.stdout and "UNLOCKED" in run.stdout
+    assert f"champion unchanged (the targets file {targets} is not the locked scoreboard.yaml" in run.stdout
+    assert registry.aliases().get("champion") == before
+    tags = MlflowClient().get_model_version(candidate.name, candidate.version).tags
+    assert tags["scoreboard.locked"] == "false" and tags["scoreboard.promoted"] == "false"
+    board = json.loads((out / "latest" / "scoreboard.json").read_text())  # latest: the run that just succeeded
+    assert board["locked"] is False and board["passed"] is True and board["promotion"]["promoted"] is False
+    assert len(board["targets_sha256"]) == 64 and board["comparable"]["checked"][0] == "dataset_fingerprint"
+    for target in board["targets"]:
+        assert isinstance(target["n"], int) and isinstance(target["confident"], bool)
+        assert target["n"] == 0 or target["ci_low_points"] <= target["delta_points"] <= target["ci_high_points"]

@@ -8,8 +8,9 @@ from matplotlib.colors import to_hex
 from PIL import Image
 
 from protocol.retrieval.gallery import (
-    HIT, MISS, NOT_SCORED, GalleryImage, query_gallery, side_by_side_gallery, weakness_gallery,
+    HIT, MISS, NOT_SCORED, GalleryImage, query_gallery, side_by_side_gallery, weakness_focus, weakness_gallery,
 )
+from protocol.scoreboard import focus_classes
 from protocol.retrieval.metrics import evaluate_retrieval
 
 COLOURS = {"cardigans": (200, 60, 60), "shorts": (60, 60, 200), "graphic": (60, 200, 60), "tees": (220, 220, 60)}
@@ -146,3 +147,16 @@ def test_weakness_gallery_picks_the_worst_values_and_queries():
     assert len(capped_gallery.rows) == capped_gallery.layout.n_rows == 1
     assert capped_gallery.rows[0].label.startswith("category=cardigans")
     assert capped_gallery.image.height == gallery.image.height - gallery.layout.row_height
+
+
+def test_weakness_gallery_shows_the_weak_classes_of_the_scoreboard_by_default():
+    assert weakness_focus() == {**focus_classes(), "neckline": None}
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((4, 12, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=2, keepdims=True)
+    result = evaluate_retrieval(QUERIES, emb[0, :4], emb[1, :4], CATALOG, emb[2], emb[3], modes=("t2i",))
+    gallery = composed(weakness_gallery(result, QUERIES, CATALOG, IMAGES.__getitem__, n_per_value=1))
+    labels = [r.label for r in gallery.rows]
+    # the queries hold cardigans and shorts (one row each; no material is known), then the worst necklines
+    assert labels[0].startswith("category=cardigans") and labels[1].startswith("category=shorts")
+    assert all(label.startswith("neckline=") for label in labels[2:]) and len(labels) > 2

@@ -1,4 +1,4 @@
-"""Retrieval metrics on hand-made rankings whose answers are worked out below."""
+"""Retrieval metrics on hand-made rankings whose answers are worked out below; the per-query tables behind them."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from protocol.retrieval.eval_files import write_eval_json
 from protocol.retrieval.metrics import (
     ATTRIBUTES,
+    aggregate_metrics,
     average_precision,
     by_attribute_table,
     evaluate_retrieval,
-    group_keys,
+    metric_per_query,
     reciprocal_rank,
-    stratified_sample,
-    write_eval_json,
 )
+from protocol.retrieval.queries import group_keys, stratified_sample
 
 OTHER_ATTRS = ("material", "pattern", "sleeve", "color")
 
@@ -95,6 +96,23 @@ def test_attribute_precision_unknown_graphic_per_value_and_map():
     assert set(r.counts) == set(m)
     assert "t2i.neckline.p1" in r.thin and m["t2i.n_queries"] == 4 and r.counts["t2i.n_queries"] == 4
 
+    # the per-query table holds the evidence behind every figure above
+    table = r.queries["t2i"]
+    assert list(table["query_id"]) == ["q0", "q1", "q2", "q3"]
+    assert list(table["category2"]) == ["cardigans", "graphic", "shorts", "dresses"]
+    assert [list(t) for t in table["top10"]] == [[f"c{j}" for j in o] for o in orders]
+    np.testing.assert_allclose(table["category.p3"], [2 / 3, np.nan, 2 / 3, 0.0])  # graphic q1: NaN, not scored
+    np.testing.assert_allclose(table["neckline.map10"], [13 / 15, 1.0, np.nan, np.nan])
+    assert table["material.p1"].isna().all()
+    # one code path: the aggregates are recomputed from the table alone, and each figure's queries picked by key
+    assert aggregate_metrics("t2i", table) == (m, r.counts)
+    cardigans = metric_per_query(table, "t2i.category.p3.cardigans")
+    assert list(cardigans.index) == ["q0"] and cardigans.iloc[0] == pytest.approx(2 / 3)
+    assert list(metric_per_query(table, "t2i.neckline.map10").index) == ["q0", "q1"]
+    assert metric_per_query(table, "t2i.category.p3.capes").empty  # no query of that value: n = 0, no error
+    with pytest.raises(ValueError, match=r"'t2i.neckline.p20' is not computed.*'neckline.p20'"):
+        metric_per_query(table, "t2i.neckline.p20")
+
 
 def test_recall_and_mrr_use_product_groups_and_query_items():
     catalog = frame([
@@ -119,6 +137,8 @@ def test_recall_and_mrr_use_product_groups_and_query_items():
     assert m["t2i.recall3"] == pytest.approx((1 + 0 + 1) / 3)
     assert m["t2i.mrr10"] == pytest.approx((1 / 3 + 1 / 6 + 1) / 3)
     assert r.counts["t2i.mrr10"] == 3
+    np.testing.assert_allclose(r.queries["t2i"]["rr10"], [1 / 3, 1 / 6, 1])
+    assert metric_per_query(r.queries["t2i"], "t2i.mrr10").mean() == pytest.approx(m["t2i.mrr10"])
     # the attribute ranking itself ranks the catalog only
     assert set(np.unique(r.rankings["t2i"])) <= {-1, 0, 1, 2, 3}
 
@@ -143,6 +163,8 @@ def test_i2i_excludes_the_query_item_from_both_galleries():
     assert r.counts["i2i.recall1"] == 1
     assert r.metrics["i2i.recall1"] == 0.0
     assert r.metrics["i2i.mrr10"] == 0.5
+    # q1's product cannot be found: NaN in its product columns, so it is in no recall figure
+    np.testing.assert_allclose(r.queries["i2i"]["recall3"], [1.0, np.nan])
 
 
 def test_i2i_drops_the_query_item_when_the_catalog_holds_it():
@@ -205,8 +227,11 @@ def test_max_queries_thin_marks_and_eval_json(tmp_path):
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((4, n, 8)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=2, keepdims=True)
-    r = evaluate_retrieval(queries, emb[0], emb[1], catalog, emb[2], emb[3], max_queries=10, seed=3)
+    search = {}
+    r = evaluate_retrieval(queries, emb[0], emb[1], catalog, emb[2], emb[3], max_queries=10, seed=3, report=search)
+    assert search == {"backend": "exact"}  # "auto" on a small catalog: the search names itself
     assert len(r.query_rows) == 10 and r.metrics["i2i.n_queries"] == 10
+    assert all(len(r.queries[mode]) == 10 for mode in ("t2i", "t2f", "i2i"))
     assert all(r.rankings[mode].shape == (10, 10) for mode in ("t2i", "t2f", "i2i"))
     # every catalog item is tees: category precision is 1 at every K
     assert r.metrics["t2i.category.p10"] == 1.0 and "t2i.category.p10" not in r.thin

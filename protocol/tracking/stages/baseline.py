@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from protocol.model.engines import ENGINES
-from protocol.tracking.evaluation import EvalConfigMixin, evaluate_and_log
+from protocol.retrieval.evaluation import EvalConfigMixin
+from protocol.tracking.evaluation import evaluate_and_log
 from protocol.tracking.registry import EVALUATION_RUN_TAG
 from protocol.tracking.runs import REGISTERED_MODEL, resolve_input, stage_run
 
@@ -72,7 +72,8 @@ def run_baseline(cfg: BaselineConfig) -> dict:
                     "catalog_splits": cfg.catalog_splits}
         catalog_dir = build_catalog(out / "catalog", features.image[catalog_rows], features.text[catalog_rows],
                                     meta.iloc[catalog_rows].reset_index(drop=True), manifest)
-        result = evaluate_and_log(logger, cfg, processed, features.image, features.text, catalog_dir / "eval")
+        evaluation = evaluate_and_log(logger, cfg, processed, features.image, features.text, catalog_dir / "eval",
+                                      backbone_fingerprint=backbone.fingerprint)
         logger.log_artifact(catalog_dir, "catalog")
         logger.log_artifact(catalog_dir / "eval", "eval")  # where the scoreboard reads a version's metrics
 
@@ -88,5 +89,5 @@ def run_baseline(cfg: BaselineConfig) -> dict:
                                          description=f"zero-shot {cfg.model} ({cfg.pretrained}), identity heads",
                                          version_tags={EVALUATION_RUN_TAG: logger.run_id})
             logger.set_tags({"registered.version": version, "registered.alias": "baseline"})
-        return {"run_id": logger.run_id, "catalog_dir": str(catalog_dir), "metrics": result.metrics,
+        return {"run_id": logger.run_id, "catalog_dir": str(catalog_dir), "metrics": evaluation.result.metrics,
                 "version": version, "n_computed": features.n_computed}

@@ -12,11 +12,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-import numpy as np
-
+from protocol.retrieval.evaluation import EvalConfigMixin, SplitEvaluation
 from protocol.tracking import registry
-from protocol.tracking.evaluation import EvalConfigMixin, WEAK_FOCUS, evaluate_and_log, image_loader, split_list
+from protocol.tracking.evaluation import evaluate_and_log
 from protocol.tracking.runs import resolve_input, run_artifact_uri, stage_run
 
 log = logging.getLogger(__name__)
@@ -58,10 +56,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from protocol.data.processed import load_processed
     from protocol.model.features import load_features
     from protocol.model.protocol_model import ProtocolHeads
-    from protocol.report import write_report
     from protocol.retrieval.catalog import build_catalog, load_catalog
-    from protocol.retrieval.metrics import by_attribute_table
-    from protocol.scoreboard import compute_scoreboard
     from protocol.training.checkpoint import load_checkpoint
 
     with stage_run("evaluate", cfg, output_dir=cfg.output_dir) as logger:
@@ -71,8 +66,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         state = load_checkpoint(ckpt_path)
         backbone_fp = state["backbone_fingerprint"]
         processed = load_processed(resolve_input(cfg.prepared, "prepared"))
-        baseline_catalog = load_catalog(resolve_input(cfg.baseline_catalog, "baseline_catalog"),
-                                        expected_backbone_fingerprint=backbone_fp)
+        logger.log_dataset(processed, "evaluation")
+        baseline_dir = resolve_input(cfg.baseline_catalog, "baseline_catalog")
+        baseline_catalog = load_catalog(baseline_dir, expected_backbone_fingerprint=backbone_fp)
         logger.set_tags({"dataset.fingerprint": processed.fingerprint, "backbone.fingerprint": backbone_fp,
                          "candidate.version": version.version if version else ""})
         logger.log_dataset(processed, context="evaluation")
@@ -88,69 +84,56 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                                     meta.iloc[rows].reset_index(drop=True),
                                     {**baseline_catalog.manifest, "heads": str(ckpt_path.name),
                                      "candidate_version": version.version if version else None})
-        result = evaluate_and_log(logger, cfg, processed, image_emb, text_emb, catalog_dir / "eval",
-                                  fusion_weight=fusion)
+        evaluation = evaluate_and_log(logger, cfg, processed, image_emb, text_emb, catalog_dir / "eval",
+                                      backbone_fingerprint=backbone_fp, fusion_weight=fusion)
         logger.log_metrics({"fusion_weight": fusion})
         logger.log_artifact(catalog_dir / "eval", "eval")
         logger.log_artifact(catalog_dir, "catalog")
 
-        baseline = _baseline_result(cfg, processed, features)
-        galleries = _side_by_side(logger, cfg, processed, baseline, result, out / "report")
-        board = compute_scoreboard(baseline.metrics, result.metrics, baseline_counts=baseline.counts,
-                                   candidate_counts=result.counts)
-        md, html = write_report(
-            out / "report", scoreboard=board, metrics=result.metrics, counts=result.counts,
-            tables={a: by_attribute_table(result, a) for a in ("category", "material", "neckline")},
-            galleries=galleries, title="protocol: candidate evaluation",
-            context={"checkpoint": str(ckpt_path.name), "version": version.version if version else "-",
-                     "dataset": processed.fingerprint[:16], "backbone": backbone_fp[:16]},
-        )
+        html = _report(logger, processed, evaluation, baseline_dir / "eval", out / "report",
+                       context={"checkpoint": str(ckpt_path.name), "version": version.version if version else "-",
+                                "dataset": processed.fingerprint[:16], "backbone": backbone_fp[:16]})
         logger.log_artifact(out / "report", "report")
         if version is not None:
             registry.tag_version(version, {registry.EVALUATION_RUN_TAG: logger.run_id,
-                                           "evaluation.t2i.neckline.p10": result.metrics.get("t2i.neckline.p10")})
-        return {"run_id": logger.run_id, "metrics": result.metrics, "report": str(html)}
+                                           "evaluation.t2i.neckline.p10": evaluation.result.metrics.get(
+                                               "t2i.neckline.p10")})
+        return {"run_id": logger.run_id, "metrics": evaluation.result.metrics, "report": str(html)}
 
 
-def _baseline_result(cfg: EvaluateConfig, processed, features):
-    """The zero-shot evaluation on the same queries: the baseline side of the side-by-side galleries."""
-    from protocol.retrieval.metrics import evaluate_retrieval
+def _report(logger, processed, evaluation: SplitEvaluation, baseline_eval_dir: Path, report_dir: Path,
+            context: dict[str, str]) -> Path:
+    """The report: the scoreboard against the baseline's own evaluation, tables, side-by-side galleries.
 
-    meta = processed.meta
-    cat, qry = cfg.catalog_rows(meta), cfg.query_rows(meta)
-    return evaluate_retrieval(
-        meta.iloc[qry].reset_index(drop=True), features.text[qry], features.image[qry],
-        meta.iloc[cat].reset_index(drop=True), features.image[cat], features.text[cat],
-        modes=tuple(split_list(cfg.modes)), fusion_weight=cfg.fusion_weight, max_queries=cfg.max_queries,
-        seed=cfg.eval_seed,
-    )
+    A baseline evaluation that cannot be read or compared leaves the scoreboard out, saying
+    why; the report is written either way.
+    """
+    from protocol.report import write_report
+    from protocol.retrieval.evaluation import focus_table, image_loader, side_by_side_figures
+    from protocol.retrieval.metrics import by_attribute_table
+    from protocol.scoreboard import MissingMetricError, compute_scoreboard, evidence_of, focus_classes, \
+        load_targets, read_evidence
 
-
-def _side_by_side(logger, cfg, processed, baseline, candidate, report_dir: Path) -> dict[str, str]:
-    """Baseline vs candidate t2i top-10 for the weak classes and rare materials; saved beside the report too."""
-    from protocol.retrieval.gallery import side_by_side_gallery
-    from protocol.retrieval.metrics import attribute_column
-
-    meta = processed.meta
-    queries = meta.iloc[cfg.query_rows(meta)].reset_index(drop=True)
-    catalog = meta.iloc[cfg.catalog_rows(meta)].reset_index(drop=True)
-    if "t2i" not in candidate.rankings or not np.array_equal(baseline.query_rows, candidate.query_rows):
-        return {}
-    loader = image_loader(processed)
+    result, focus = evaluation.result, focus_classes()
+    candidate = evidence_of(result, evaluation.manifest, "candidate (this evaluation)")
+    board, no_board = None, ""
+    try:
+        baseline = read_evidence(baseline_eval_dir, f"baseline ({baseline_eval_dir})")
+        board = compute_scoreboard(baseline, candidate, load_targets())
+    except (OSError, ValueError, MissingMetricError) as e:
+        no_board = f"the baseline evaluation cannot be compared with this one: {e}"
+        log.warning("report without a scoreboard: %s", no_board)
     report_dir.mkdir(parents=True, exist_ok=True)
     galleries = {}
-    for attribute, values in WEAK_FOCUS.items():
-        column = queries[attribute_column(attribute)].to_numpy()[candidate.query_rows]
-        for value in values:
-            picked = np.flatnonzero(column == value)[: min(cfg.gallery_queries, 4)]
-            if len(picked) == 0:
-                continue
-            fig = side_by_side_gallery(baseline.rankings["t2i"][picked], candidate.rankings["t2i"][picked],
-                                       candidate.query_rows[picked], queries, catalog, loader,
-                                       title=f"t2i, {attribute} = {value}: baseline vs candidate top-10")
-            name = f"side_by_side_{attribute}_{value}.png"
+    if board is not None and "t2i" in baseline.tables:
+        figures = side_by_side_figures(baseline.table("t2i"), evaluation, image_loader(processed), focus)
+        for name, (caption, fig) in figures.items():
             fig.savefig(report_dir / name, dpi=80)
             logger.log_figure(fig, f"galleries/{name}")
-            plt.close(fig)
-            galleries[f"{attribute} = {value}: baseline vs candidate"] = name
-    return galleries
+            galleries[caption] = name
+    tables = {attribute: by_attribute_table(result, attribute) for attribute in ("category", "material", "neckline")}
+    tables["Weak classes and rare materials (scoreboard.yaml)"] = focus_table(result, focus)
+    _, html = write_report(report_dir, scoreboard=board, no_scoreboard=no_board, metrics=result.metrics,
+                           counts=result.counts, tables=tables, galleries=galleries,
+                           title="protocol: candidate evaluation", context=context)
+    return html

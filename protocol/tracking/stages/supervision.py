@@ -181,8 +181,8 @@ class MineConfig:
 def run_mine(cfg: MineConfig) -> dict:
     from protocol.data.hard_negatives import mine_hard_negatives, summarize_hard_negatives, write_hard_negatives
     from protocol.retrieval.catalog import load_catalog
+    from protocol.retrieval.evaluation import split_list
     from protocol.retrieval.search import search_log_entries
-    from protocol.tracking.evaluation import split_list
 
     with stage_run("mine", cfg, output_dir=cfg.output_dir) as logger:
         catalog = load_catalog(resolve_input(cfg.catalog, "catalog"))

@@ -140,7 +140,7 @@ class EpochGallery:
     def __init__(self, processed, features):
         from protocol.retrieval.metrics import attribute_column
         from protocol.scoreboard import focus_classes
-        from protocol.tracking.evaluation import image_loader
+        from protocol.retrieval.evaluation import image_loader
 
         meta = processed.meta
         val = meta[meta["split"] == "val"].sort_values("item_id")
