@@ -96,7 +96,8 @@ class TrainCallbacks:
     """Hooks the loop calls; the MLflow side (logged model and gallery per epoch) plugs in here.
 
     `on_epoch_end(epoch, heads, checkpoint, metrics)`: after each epoch whose checkpoint was
-    written, with that checkpoint and the epoch's validation headline and target metrics.
+    written, with that checkpoint and the epoch's validation headline and target metrics, named
+    as the run logs them (`val.t2i.neckline.p10`).
     """
 
     on_epoch_end: EpochEndCallback | None = None
@@ -250,7 +251,7 @@ class _Trainer:
                 )
                 if self.callbacks.on_epoch_end is not None:
                     self.callbacks.on_epoch_end(epoch, heads, self.last_checkpoint,
-                                                self._epoch_metrics(final_metrics))
+                                                {f"val.{k}": v for k, v in self._epoch_metrics(final_metrics).items()})
             if stopped_early:
                 log.info("stopping after epoch %d of %d as asked (stop_after_epochs)", epoch, cfg.epochs)
                 break

@@ -82,7 +82,8 @@ def run_train(cfg: TrainStageConfig) -> dict:
             best_heads = ProtocolHeads.from_checkpoint(load_checkpoint(result.best_path))
             # the best epoch is already a logged model unless it fell between checkpoints (checkpoint_every)
             best_model = epochs.model_ids.get(result.best_epoch) or epochs.log(
-                result.best_epoch, best_heads, next(h["val"] for h in result.history if h["epoch"] == result.best_epoch))
+                result.best_epoch, best_heads,
+                {f"val.{k}": v for k, v in next(h["val"] for h in result.history if h["epoch"] == result.best_epoch).items()})
             version = register_candidate(logger, cfg, best_model, epochs.heads_file(result.best_epoch), best_heads,
                                          features, baseline_catalog, processed,
                                          description=f"heads trained by run {logger.run_id} (best epoch "
