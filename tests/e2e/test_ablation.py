@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import mlflow
@@ -22,18 +21,8 @@ pytestmark = pytest.mark.e2e
 SEEDS = ("0", "1")  # two seeds keep the step short; the default is 0,1,2
 
 
-@pytest.fixture(autouse=True)
-def _restore_tracking_env():
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
-
-
 def test_the_pipeline_ablation_step_trains_every_variant_and_seed_as_child_runs_and_writes_the_contract(
-        pipeline_store, tmp_path):
+        pipeline_store, tmp_path, monkeypatch):
     # a private copy of the store: every step above is reused, only the ablation runs
     uri = copy_store(Path(pipeline_store.uri[len("sqlite:///"):]), tmp_path / "store")
     params = TINY_PIPELINE_PARAMS | {"work_dir": str(pipeline_store.work_dir), "ablation": "true",
@@ -59,7 +48,7 @@ def test_the_pipeline_ablation_step_trains_every_variant_and_seed_as_child_runs_
     full, plain = doc["variants"]["full"][metrics[0]], doc["variants"]["plain"][metrics[0]]
     assert math.isclose(headline["mean"], full["mean"] - plain["mean"], abs_tol=1e-5)
 
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # where stages find the store; restored after the test
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     exp = client.get_experiment_by_name(EXPERIMENT_NAME)
