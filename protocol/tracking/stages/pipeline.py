@@ -1,6 +1,7 @@
 """`pipeline`: every stage in order as child runs of one parent run, skipping unchanged steps.
 
-prepare -> baseline -> audit -> groups -> mine -> pairs -> train -> evaluate -> scoreboard.
+prepare -> baseline -> audit -> groups -> mine -> pairs -> train [-> ablation] -> evaluate -> scoreboard
+(ablation only with `ablation=true`).
 Outputs travel as run artifact URIs (`runs:/<run_id>/<path>`), so a step's config names
 the exact upstream runs it used; the step cache (protocol/tracking/step_cache.py) reuses
 the newest finished run with the same config and code.
@@ -17,6 +18,7 @@ import mlflow
 
 from protocol.tracking import registry, step_cache
 from protocol.tracking.runs import resolve_input, run_artifact_uri, stage_run, ui_links
+from protocol.tracking.stages.ablation import AblationConfig, run_ablation
 from protocol.tracking.stages.baseline import BaselineConfig, run_baseline
 from protocol.tracking.stages.evaluate import EvaluateConfig, run_evaluate
 from protocol.tracking.stages.prepare import SOURCES, PrepareConfig, run_prepare
@@ -25,6 +27,7 @@ from protocol.tracking.stages.supervision import (
     AuditConfig, GroupsConfig, MineConfig, PairsConfig, run_audit, run_groups, run_mine, run_pairs,
 )
 from protocol.tracking.stages.train import TrainStageConfig, run_train
+from protocol.training.ablation import parse_seeds
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +57,14 @@ class PipelineConfig:
     balanced_sampling: bool = True
     hard_negatives: bool = True
     max_queries: int | None = None
+    ablation: bool = field(default=False, metadata={"help": "also run the ablation (every variant x seed) after train"})
+    ablation_seeds: str = field(default=AblationConfig.seeds, metadata={"help": "the ablation step's training seeds"})
     work_dir: str = field(default="outputs", metadata={"help": "scratch dir for stage outputs and the feature cache"})
     force: bool = field(default=False, metadata={"help": "re-run every step even when a cached run matches"})
 
     def __post_init__(self):
         PrepareConfig(**self._prepare_kwargs())  # validates the shared fields with the stage's own rules
+        parse_seeds(self.ablation_seeds)  # refused now, not after the steps before the ablation have run
         for name in ("epochs", "n_pairs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"parameter {name!r} must be >= 1, got {getattr(self, name)}")
@@ -126,6 +132,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             hard_negatives_path=run_artifact_uri(mine, "hard_negatives.parquet"), cache_dir=cache_dir,
             epochs=cfg.epochs, attribute_heads=cfg.attribute_heads, balanced_sampling=cfg.balanced_sampling,
             hard_negatives=cfg.hard_negatives, output_dir=f"{w}/train"), run_train)
+        if cfg.ablation:
+            step("ablation", AblationConfig(
+                prepared=prepared, catalog=catalog, pairs=run_artifact_uri(pairs, "pairs/pairs.parquet"),
+                hard_negatives_path=run_artifact_uri(mine, "hard_negatives.parquet"), cache_dir=cache_dir,
+                epochs=cfg.epochs, seeds=cfg.ablation_seeds, max_queries=cfg.max_queries,
+                output_dir=f"{w}/ablation"), run_ablation)
         step("evaluate", EvaluateConfig(
             prepared=prepared, train_run=train, baseline_catalog=catalog, cache_dir=cache_dir,
             max_queries=cfg.max_queries, output_dir=f"{w}/evaluate"), run_evaluate)

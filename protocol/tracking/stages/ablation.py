@@ -1,0 +1,159 @@
+"""`ablation`: every variant of protocol.training.ablation with each seed, on the same cached
+features, pairs, hard negatives and test queries; one parent run, a child run per variant and seed.
+
+The parent run (tag stage=ablation) holds ablation.json and ablation.md, and writes both,
+atomically, to `<output_dir>/` as well (the pipeline's: `<work_dir>/ablation/`). Each child
+(tag stage=ablation_variant, tags `variant` and `seed`, named `ablation · full · seed 1`)
+holds its training's metrics, checkpoints and test metrics `test.*`. Training never calls the
+backbone; each variant's best-validation checkpoint is evaluated as the evaluate stage does
+(`protocol.retrieval.evaluation.evaluate_processed` over the same catalog and query splits), in
+the locked targets' mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+
+from protocol.retrieval.evaluation import EvalConfigMixin
+from protocol.training.ablation import VARIANT_FIELDS, VARIANTS, parse_seeds, parse_variants
+from protocol.training.config import TrainConfig
+from protocol.tracking.runs import config_params, describe_run, resolve_input, stage_run
+from protocol.tracking.stages.train import TrainStageConfig
+
+log = logging.getLogger(__name__)
+
+CHILD_STAGE = "ablation_variant"  # the parent alone is tagged stage=ablation (what readers look up)
+
+
+@dataclass
+class AblationConfig(TrainConfig):
+    """Ablation: plain, +attribute_heads, +balanced_sampling, +hard_negatives and full, each with every seed.
+
+    The training settings are the base every variant starts from; each variant sets `seed`
+    and the three switches itself, so those four are refused here (use `seeds`, `variants`).
+    """
+
+    prepared: str = field(default=TrainStageConfig.prepared, metadata={"help": "processed dataset dir or runs:/ URI"})
+    catalog: str = field(default=TrainStageConfig.catalog,
+                         metadata={"help": "baseline catalog: its manifest names the backbone whose cache to use"})
+    pairs: str = field(default=TrainStageConfig.pairs, metadata={"help": "pairs.parquet path or runs:/ URI"})
+    hard_negatives_path: str = field(default=TrainStageConfig.hard_negatives_path,
+                                     metadata={"help": "hard_negatives.parquet path or runs:/ URI"})
+    cache_dir: str = field(default=TrainStageConfig.cache_dir, metadata={"help": "feature cache directory"})
+    seeds: str = field(default="0,1,2", metadata={"help": "training seeds, comma-separated"})
+    variants: str = field(default=",".join(VARIANTS), metadata={"help": "variants to train, comma-separated"})
+    catalog_splits: str = field(default=EvalConfigMixin.catalog_splits,
+                                metadata={"help": "splits that form the catalog"})
+    query_split: str = field(default=EvalConfigMixin.query_split,
+                             metadata={"help": "split whose items are the queries"})
+    max_queries: int | None = field(default=EvalConfigMixin.max_queries,
+                                    metadata={"help": "stratified sample of queries (empty = all)"})
+    eval_seed: int = EvalConfigMixin.eval_seed
+    output_dir: str = field(default="outputs/ablation",
+                            metadata={"help": "run outputs go to <output_dir>/<run_id>; ablation.json|md also here"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        changed = [name for name in VARIANT_FIELDS if getattr(self, name) != defaults[name]]
+        if changed:
+            raise ValueError(f"parameter(s) {changed}: each ablation variant sets seed and the switches "
+                             f"{', '.join(VARIANT_FIELDS[1:])} itself; choose them with 'seeds' and 'variants' "
+                             f"({', '.join(VARIANTS)})")
+        parse_seeds(self.seeds)
+        parse_variants(self.variants)
+        self.eval_config()  # the evaluation parameters, checked by the evaluate stage's own rules
+
+    def train_config(self) -> TrainConfig:
+        """The base every variant starts from."""
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+    def eval_config(self) -> EvalConfigMixin:
+        from protocol.scoreboard import load_targets
+
+        return EvalConfigMixin(catalog_splits=self.catalog_splits, query_split=self.query_split,
+                               modes=load_targets().mode, max_queries=self.max_queries, eval_seed=self.eval_seed)
+
+
+def run_ablation(cfg: AblationConfig) -> dict:
+    import pandas as pd
+
+    from protocol.data.processed import load_processed
+    from protocol.model.backbone import check_fingerprint
+    from protocol.model.features import load_features
+    from protocol.model.protocol_model import ProtocolHeads
+    from protocol.provenance import provenance
+    from protocol.retrieval.catalog import load_catalog
+    from protocol.retrieval.evaluation import evaluate_processed
+    from protocol.retrieval.metrics import metric_per_query
+    from protocol.scoreboard import load_targets
+    from protocol.training import ablation
+    from protocol.training.checkpoint import load_checkpoint
+    from protocol.training.train import train
+
+    spec = load_targets()
+    metrics = [t.metric for t in spec.targets]
+    eval_cfg = cfg.eval_config()
+    seeds, variants = parse_seeds(cfg.seeds), parse_variants(cfg.variants)
+    base = cfg.train_config()
+    # The parent is no one variant: its name and tags say what it holds, and its parameters
+    # leave out the fields each variant sets.
+    run_name = f"ablation · {len(variants)} variants · seeds {','.join(map(str, seeds))}"
+    with stage_run("ablation", None, run_name=run_name, output_dir=cfg.output_dir) as logger:
+        logger.log_params({k: v for k, v in config_params(cfg).items() if k not in ablation.VARIANT_FIELDS})
+        processed = load_processed(resolve_input(cfg.prepared, "prepared"))
+        manifest = load_catalog(resolve_input(cfg.catalog, "catalog")).manifest
+        check_fingerprint(manifest["dataset_fingerprint"], processed.fingerprint, "dataset of the baseline catalog")
+        backbone_fp = manifest["backbone_fingerprint"]
+        fingerprints = {"dataset.fingerprint": processed.fingerprint, "backbone.fingerprint": backbone_fp}
+        logger.set_tags({**fingerprints, "variants": ",".join(variants), "seeds": ",".join(map(str, seeds))})
+        logger.log_dataset(processed, context="training")
+        features = load_features(cfg.cache_dir, processed.fingerprint, backbone_fp)  # never the backbone
+        pairs = pd.read_parquet(resolve_input(cfg.pairs, "pairs"))
+        negatives = pd.read_parquet(resolve_input(cfg.hard_negatives_path, "hard_negatives_path"))
+        out = logger.output_dir
+
+        runs = []
+        for variant in variants:
+            for seed in seeds:
+                train_cfg = ablation.variant_config(base, variant, seed)
+                name, tags = describe_run("ablation", train_cfg)  # `ablation · full · seed 1`, variant and seed
+                with stage_run(CHILD_STAGE, train_cfg, run_name=name) as child:
+                    child.set_tags({**tags, **fingerprints})
+                    result = train(train_cfg, features, processed.meta, pairs,
+                                   negatives if train_cfg.hard_negatives else None,  # as the train stage reads them
+                                   out / ablation.variant_slug(variant) / f"seed_{seed}", logger=child)
+                    if result.best_path is None:
+                        raise RuntimeError(f"ablation {variant} seed {seed}: training wrote no best checkpoint")
+                    # as the evaluate stage does: the best validation epoch's heads over every cached row
+                    heads = ProtocolHeads.from_checkpoint(load_checkpoint(result.best_path))
+                    image, text = heads.embed_numpy(features.image, features.text)
+                    evaluation = evaluate_processed(
+                        eval_cfg, processed, image, text, backbone_fingerprint=backbone_fp,
+                        fusion_weight=heads.fusion_weight if heads.config.learn_fusion else None)
+                    table = evaluation.result.queries[spec.mode]
+                    found = {m: evaluation.result.metrics.get(m, math.nan) for m in metrics}
+                    child.log_metrics({f"test.{m}": v for m, v in found.items() if math.isfinite(v)})
+                runs.append(ablation.VariantRun(variant, seed, found,
+                                                {m: metric_per_query(table, m) for m in metrics}))
+                log.info("ablation %s seed %d: %s", variant, seed,
+                         ", ".join(f"{m} {100 * v:.2f}" for m, v in found.items()))
+
+        evidence = spec.evidence
+        doc = ablation.summarize(runs, metrics, resamples=evidence.resamples, seed=evidence.seed,
+                                 confidence=evidence.confidence)
+        doc["provenance"] = provenance(processed.fingerprint, backbone_fp)
+        markdown = ablation.format_markdown(doc, [(t.name, t.metric) for t in spec.targets])
+        for path in ablation.write_ablation(doc, markdown, out):
+            logger.log_artifact(path)
+        logger.log_metrics({f"{ablation.variant_slug(v)}.{m}.mean": s["mean"]
+                            for v, by_metric in doc["variants"].items() for m, s in by_metric.items()})
+        logger.log_metrics({f"full_minus_plain.{m}.{k}": d[k] for m, d in doc["full_minus_plain"].items()
+                            for k in ("mean", "ci_low", "ci_high")})
+        print(markdown, flush=True)
+        ablation.write_ablation(doc, markdown, cfg.output_dir)  # the contract's path, beside <run_id>/
+        return {"run_id": logger.run_id, "ablation": doc, "markdown": markdown}
