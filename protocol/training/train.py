@@ -27,7 +27,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -88,6 +88,21 @@ class _Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+EpochEndCallback = Callable[[int, ProtocolHeads, Path, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainCallbacks:
+    """Hooks the loop calls; the MLflow side (logged model and gallery per epoch) plugs in here.
+
+    `on_epoch_end(epoch, heads, checkpoint, metrics)`: after each epoch whose checkpoint was
+    written, with that checkpoint and the epoch's validation headline and target metrics, named
+    as the run logs them (`val.t2i.neckline.p10`).
+    """
+
+    on_epoch_end: EpochEndCallback | None = None
+
+
 def train(
     cfg: TrainConfig,
     features,
@@ -99,6 +114,7 @@ def train(
     logger: RunLogger = NullLogger(),
     resume: str | Path | None = None,
     stop_after_epochs: int | None = None,
+    callbacks: TrainCallbacks = TrainCallbacks(),
 ) -> TrainResult:
     """Train heads on cached features; see the module docstring. Never calls a backbone.
 
@@ -107,7 +123,7 @@ def train(
     epochs are complete, as an interruption would.
     """
     with _torch_threads(cfg.num_threads):
-        trainer = _Trainer(cfg, features, meta, pairs, hard_negatives, Path(out_dir), logger)
+        trainer = _Trainer(cfg, features, meta, pairs, hard_negatives, Path(out_dir), logger, callbacks)
         return trainer.run(resume, stop_after_epochs)
 
 
@@ -123,8 +139,11 @@ def _torch_threads(n: int | None):
 
 
 class _Trainer:
-    def __init__(self, cfg, features, meta, pairs, hard_negatives, out_dir: Path, run_logger: RunLogger):
+    def __init__(self, cfg, features, meta, pairs, hard_negatives, out_dir: Path, run_logger: RunLogger,
+                 callbacks: TrainCallbacks):
         self.cfg, self.features, self.meta, self.out_dir, self.run_logger = cfg, features, meta, out_dir, run_logger
+        self.callbacks = callbacks
+        self.epoch_metric_keys = per_epoch_metric_keys(cfg.primary_metric)
         self.data: TrainingData = build_training_data(
             features, meta, pairs, hard_negatives, attribute_heads=cfg.attribute_heads
         )
@@ -230,6 +249,9 @@ class _Trainer:
                 self.last_checkpoint = save_checkpoint(
                     epoch_checkpoint(self.out_dir, epoch), self._state(heads, optimizer, scheduler, progress)
                 )
+                if self.callbacks.on_epoch_end is not None:
+                    self.callbacks.on_epoch_end(epoch, heads, self.last_checkpoint,
+                                                {f"val.{k}": v for k, v in self._epoch_metrics(final_metrics).items()})
             if stopped_early:
                 log.info("stopping after epoch %d of %d as asked (stop_after_epochs)", epoch, cfg.epochs)
                 break
@@ -240,6 +262,10 @@ class _Trainer:
                                          self._state(heads, optimizer, scheduler, progress))
             self.last_checkpoint = final_path
         self._write_log()
+        if progress.history:  # the per-value breakdowns, once: the last epoch's, at its step
+            last = progress.history[-1]
+            self.run_logger.log_metrics({f"val.{k}": v for k, v in last["val"].items()
+                                         if k not in self.epoch_metric_keys}, step=last["epoch"])
         best_path = checkpoint_dir(self.out_dir) / "best.pt"
         best_path = best_path if best_path.exists() else None
         for path in (final_path, best_path, self.out_dir / CONFIG_FILE, self.out_dir / LOG_FILE):
@@ -437,6 +463,10 @@ class _Trainer:
             "n_trainable_parameters": heads.n_trainable_parameters(),
         })
 
+    def _epoch_metrics(self, val: dict[str, float]) -> dict[str, float]:
+        """The validation figures worth a point every epoch: headline metrics and the locked targets."""
+        return {k: v for k, v in val.items() if k in self.epoch_metric_keys}
+
     def _previous_log(self, last_epoch: int) -> list[dict[str, Any]]:
         """Log records of the epochs the resume checkpoint covers (later ones were lost with the run)."""
         path = self.out_dir / LOG_FILE
@@ -459,8 +489,9 @@ class _Trainer:
     def _log_epoch(self, epoch, progress, train_means, val, val_deltas, pairs_per_s, anchors) -> None:
         metrics = {f"train.epoch.{k}": v for k, v in train_means.items()}
         metrics["train.pairs_per_s"] = pairs_per_s
-        metrics.update({f"val.{k}": v for k, v in val.items()})
-        metrics.update({f"val.{k}": v for k, v in val_deltas.items()})
+        metrics.update({f"val.{k}": v for k, v in self._epoch_metrics(val).items()})
+        metrics.update({f"val.{k}": v for k, v in val_deltas.items()
+                        if k.removeprefix("delta.") in self.epoch_metric_keys})
         self.run_logger.log_metrics(metrics, step=epoch)
         mix = self.sampler.mix_table(anchors)
         self.run_logger.log_table(mix.assign(epoch=epoch), f"sampler/mix_epoch_{epoch:03d}.json")
@@ -469,6 +500,18 @@ class _Trainer:
             "best_metric": progress.best_metric, **metrics,
         })
         self._write_log()
+
+
+def per_epoch_metric_keys(primary_metric: str) -> frozenset[str]:
+    """Validation keys logged every epoch: each mode's overall figures (`t2i.neckline.p10`,
+    `t2i.recall10`), the primary metric and the locked targets (`t2i.category.p10.cardigans`).
+    The per-value breakdowns (every other `<mode>.<attr>.<k>.<value>`) are logged once, at the end."""
+    from protocol.retrieval.metrics import ATTRIBUTES, MODES
+    from protocol.scoreboard import load_targets
+
+    overall = {f"{mode}.{attr}.{k}" for mode in MODES for attr in ATTRIBUTES for k in ("p1", "p5", "p10", "map10")}
+    overall |= {f"{mode}.{k}" for mode in MODES for k in ("recall1", "recall5", "recall10", "mrr10", "n_queries")}
+    return frozenset(overall | {primary_metric} | {t.metric for t in load_targets().targets})
 
 
 def _override_lr(scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float) -> None:

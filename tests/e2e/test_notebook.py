@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.e2e.conftest import TINY_PIPELINE_PARAMS
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "compare_runs.ipynb"
@@ -215,4 +218,6 @@ def test_notebook_runs_and_shows_the_comparison(executed_notebook, store):
 @pytest.mark.e2e
 def test_notebook_shows_plots_and_galleries(executed_notebook):
     images = [o for o in outputs(executed_notebook) if "image/png" in o.get("data", {})]
-    assert len(images) >= 3 + 1  # three comparison plots and at least one gallery
+    epochs = int(TINY_PIPELINE_PARAMS["epochs"])
+    assert len(images) >= 3 + 1 + epochs  # three comparison plots, a gallery, the weak-class gallery per epoch
+    assert re.search(rf"@(champion|candidate): {epochs} epochs of 'galleries/weak_classes'", output_text(executed_notebook))

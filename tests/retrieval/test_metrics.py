@@ -11,6 +11,7 @@ import pytest
 from protocol.retrieval.eval_files import write_eval_json
 from protocol.retrieval.metrics import (
     ATTRIBUTES,
+    MODES,
     aggregate_metrics,
     average_precision,
     by_attribute_table,
@@ -227,9 +228,8 @@ def test_max_queries_thin_marks_and_eval_json(tmp_path):
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((4, n, 8)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=2, keepdims=True)
-    search = {}
-    r = evaluate_retrieval(queries, emb[0], emb[1], catalog, emb[2], emb[3], max_queries=10, seed=3, report=search)
-    assert search == {"backend": "exact"}  # "auto" on a small catalog: the search names itself
+    r = evaluate_retrieval(queries, emb[0], emb[1], catalog, emb[2], emb[3], max_queries=10, seed=3)
+    assert {mode: report["backend"] for mode, report in r.search.items()} == {m: "exact" for m in MODES}  # small catalog
     assert len(r.query_rows) == 10 and r.metrics["i2i.n_queries"] == 10
     assert all(len(r.queries[mode]) == 10 for mode in ("t2i", "t2f", "i2i"))
     assert all(r.rankings[mode].shape == (10, 10) for mode in ("t2i", "t2f", "i2i"))

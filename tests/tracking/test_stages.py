@@ -37,7 +37,7 @@ def test_baseline_logs_registers_and_reuses_the_feature_cache(tracking_uri, tiny
         assert 0.0 <= run.data.metrics[name] <= 1.0, name
     artifacts = {a.path for a in MlflowClient().list_artifacts(first["run_id"])}
     assert {"catalog", "eval", "galleries", "tables"} <= artifacts
-    assert run.data.tags["search.backend"] == "exact"
+    assert {run.data.tags[f"search.{mode}.backend"] for mode in ("t2i", "t2f", "i2i")} == {"exact"}
     (dataset_input,) = run.inputs.dataset_inputs
     assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "evaluation"
 

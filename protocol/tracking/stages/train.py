@@ -1,8 +1,10 @@
 """`train`: heads on cached backbone features -> checkpoints -> logged models -> registry alias `candidate`.
 
-The MLflow side of training: the best epoch's heads become a LoggedModel of the run, with
-that epoch's validation metrics linked to it; registration packs the catalog those heads
-make of the cached features into that very model and points @candidate at it.
+The MLflow side of training: as each epoch's checkpoint is written (`TrainCallbacks.on_epoch_end`),
+its heads become a LoggedModel of the run (step = epoch, that epoch's validation metrics linked
+to it by model_id) and the weak-class gallery is logged at that step, so a killed run keeps
+every finished epoch. Registration packs the catalog the best epoch's heads make of the cached
+features into that epoch's logged model and points @candidate at it.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def run_train(cfg: TrainStageConfig) -> dict:
     from protocol.model.backbone import check_fingerprint
     from protocol.model.features import load_features
     from protocol.retrieval.catalog import load_catalog
-    from protocol.training.train import train
+    from protocol.training.train import TrainCallbacks, train
 
     with stage_run("train", cfg, output_dir=cfg.output_dir) as logger:
         processed = load_processed(resolve_input(cfg.prepared, "prepared"))
@@ -68,9 +70,10 @@ def run_train(cfg: TrainStageConfig) -> dict:
         negatives = (read_hard_negatives(resolve_input(cfg.hard_negatives_path, "hard_negatives_path"),
                                          dataset=processed.fingerprint, backbone=backbone_fp)[0]
                      if cfg.hard_negatives else None)
-        epochs = EpochModels(logger, manifest["model_spec"])
+        epochs = EpochModels(logger, manifest["model_spec"], processed, features)
         result = train(cfg.train_config(), features, processed.meta, pairs, negatives, logger.output_dir,
-                       logger=logger, resume=resolve_input(cfg.resume, "resume") if cfg.resume else None)
+                       logger=logger, resume=resolve_input(cfg.resume, "resume") if cfg.resume else None,
+                       callbacks=TrainCallbacks(on_epoch_end=epochs.on_epoch_end))
         logger.log_metrics({"best.epoch": result.best_epoch or 0, f"best.{cfg.primary_metric}": result.best_metric or 0.0,
                             "trainable_parameters": result.heads.n_trainable_parameters()})
         version = None
@@ -79,8 +82,10 @@ def run_train(cfg: TrainStageConfig) -> dict:
             from protocol.training.checkpoint import load_checkpoint
 
             best_heads = ProtocolHeads.from_checkpoint(load_checkpoint(result.best_path))
-            best_val = next(h["val"] for h in result.history if h["epoch"] == result.best_epoch)
-            best_model = epochs.log(result.best_epoch, best_heads, best_val)
+            # the best epoch is already a logged model unless it fell between checkpoints (checkpoint_every)
+            best_model = epochs.model_ids.get(result.best_epoch) or epochs.log(
+                result.best_epoch, best_heads,
+                {f"val.{k}": v for k, v in next(h["val"] for h in result.history if h["epoch"] == result.best_epoch).items()})
             version = register_candidate(logger, cfg, best_model, epochs.heads_file(result.best_epoch), best_heads,
                                          features, baseline_catalog, processed,
                                          description=f"heads trained by run {logger.run_id} (best epoch "
