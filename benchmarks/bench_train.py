@@ -31,7 +31,6 @@ import tempfile
 import time
 from dataclasses import replace
 
-import pandas as pd
 import torch
 
 from protocol.training.config import TrainConfig
@@ -55,6 +54,8 @@ def load_data(args):
     """The default data's cached features when the pipeline has produced them, else synthetic ones."""
     paths = [args.prepared, args.catalog, args.cache_dir, args.pairs]
     if all(os.path.exists(p) for p in paths):
+        from protocol.data.hard_negatives import read_hard_negatives
+        from protocol.data.pair_generator import read_pairs
         from protocol.data.processed import load_processed
         from protocol.io import read_json
         from protocol.model.features import load_features
@@ -62,8 +63,9 @@ def load_data(args):
         processed = load_processed(args.prepared)
         backbone_fp = read_json(os.path.join(args.catalog, "manifest.json"))["backbone_fingerprint"]
         features = load_features(args.cache_dir, processed.fingerprint, backbone_fp)
-        pairs = pd.read_parquet(args.pairs)
-        negatives = pd.read_parquet(args.hard_negatives) if os.path.exists(args.hard_negatives) else None
+        pairs, _ = read_pairs(args.pairs, dataset=processed.fingerprint, backbone=backbone_fp)
+        negatives = (read_hard_negatives(args.hard_negatives, dataset=processed.fingerprint, backbone=backbone_fp)[0]
+                     if os.path.exists(args.hard_negatives) else None)
         return features, processed.meta, pairs, negatives, f"cached features of {args.prepared}, {len(pairs)} pairs"
     s = synthetic_training_set(n_products=600, dim=512, n_pairs=50_000, seed=0)
     return s.features, s.meta, s.pairs, s.hard_negatives, "synthetic (no pipeline outputs found): 50,000 pairs"

@@ -70,7 +70,11 @@ def check_provenance(record: dict[str, Any] | None, what: str, *, dataset: str |
             continue
         if key not in record:
             raise MissingProvenanceError(f"{what} records no {key}: re-run {made_by} to rewrite it")
-        check_fingerprint(expected, record[key], f"{what} ({key.split('_')[0]})")
+        try:
+            check_fingerprint(expected, record[key], f"{what} ({key.split('_')[0]})")
+        except FingerprintMismatchError as err:
+            # the reader knows which stage makes the file: say which one to re-run
+            raise FingerprintMismatchError(f"{err} To make it from this data, re-run {made_by}.") from None
 
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike, record: dict[str, str]) -> Path:

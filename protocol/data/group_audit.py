@@ -10,6 +10,9 @@ heuristics, and compare the guessed groups with the true products pair by pair
 Truth: `true_product_col` when given; by default `gt_product_id` where the data has it
 (the synthetic catalog keeps every product's code there), else `product_id` (real data:
 only the items that have one are evaluated).
+
+groups.json records the dataset fingerprint it was derived from under its top-level
+"provenance" key; `read_groups_json` refuses a file of another dataset, or of none.
 """
 
 from __future__ import annotations
@@ -25,10 +28,16 @@ from protocol.data.audit import stratified_sample
 from protocol.data.group_key import derive_groups
 from protocol.data.hard_negatives import known_mask
 from protocol.io import read_json, write_json
+from protocol.provenance import check_provenance
 
 logger = logging.getLogger(__name__)
 
 GROUP_COLUMNS = ("item_id", "group_id", "source", "confidence")
+GROUPS_FILE = "groups.json"
+MADE_BY = "the groups stage"
+# groups.json's top-level key for the fingerprints it was made from; derived group ids are
+# upper-case letters and digits (protocol.data.group_key), so no group can take this key.
+PROVENANCE_KEY = "provenance"
 PRODUCT_ID_SOURCE = "product_id"
 PRECISION_THRESHOLD = 0.95
 # Below this many guessed same-product pairs the precision says too little to rely on.
@@ -206,31 +215,37 @@ def _check_groups(groups: pd.DataFrame, meta: pd.DataFrame) -> None:
         raise ValueError(f"groups name {len(stray)} item(s) not in meta, e.g. {stray[:5]}; derive them from this meta")
 
 
-def write_groups_json(groups: pd.DataFrame, path: str | Path) -> Path:
-    """groups.json = {group_id: {"items": [...], "source": ..., "confidence": ...}}, written atomically.
-
-    A group's source is its items' most common one and its confidence their lowest.
+def write_groups_json(groups: pd.DataFrame, path: str | Path, record: dict[str, str]) -> Path:
+    """groups.json = {"provenance": record, group_id: {"items": [...], "source": ..., "confidence": ...}, ...},
+    written atomically. A group's source is its items' most common one and its confidence their lowest.
     """
     missing = [c for c in GROUP_COLUMNS if c not in groups.columns]
     if missing:
         raise ValueError(f"groups lack column(s) {missing}; pass protocol.data.group_key.derive_groups(meta)")
-    doc = {}
+    doc: dict = {PROVENANCE_KEY: record}
     for group_id, rows in groups.groupby("group_id", sort=True):
+        if str(group_id) == PROVENANCE_KEY:
+            raise ValueError(f"group id {group_id!r} is groups.json's provenance key; derive groups with "
+                             "protocol.data.group_key.derive_groups")
         doc[str(group_id)] = {"items": rows["item_id"].astype(str).tolist(),
                               "source": str(rows["source"].mode().iloc[0]),
                               "confidence": float(rows["confidence"].astype(float).min())}
     return write_json(path, doc)
 
 
-def read_groups_json(path: str | Path) -> pd.DataFrame:
-    """groups.json back as DataFrame[item_id, group_id, source, confidence]."""
+def read_groups_json(path: str | Path, *, dataset: str) -> pd.DataFrame:
+    """groups.json back as DataFrame[item_id, group_id, source, confidence], refusing a file derived
+    from another dataset than the one of fingerprint `dataset` (or one that records none)."""
     doc = read_json(path)
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected an object of group_id -> {{items, source, confidence}}")
+    check_provenance(doc.get(PROVENANCE_KEY), f"{GROUPS_FILE} {path}", dataset=dataset, made_by=MADE_BY)
     rows = []
     for group_id, group in doc.items():
+        if group_id == PROVENANCE_KEY:
+            continue
         if not isinstance(group, dict) or not {"items", "source", "confidence"} <= group.keys():
             raise ValueError(f"{path}: group {group_id!r} needs items, source and confidence; "
-                             "re-write it with write_groups_json")
+                             f"re-run {MADE_BY} to rewrite it")
         rows.extend((item, group_id, group["source"], float(group["confidence"])) for item in group["items"])
     return pd.DataFrame(rows, columns=list(GROUP_COLUMNS))

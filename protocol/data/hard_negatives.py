@@ -14,6 +14,9 @@ negatives worth training on. Rules, each enforced here:
 Only the given embeddings are used (the baseline catalog / feature cache), never a
 backbone. Search is `protocol.retrieval.search.topk` inside each (split, category2)
 block, so every candidate is already of the anchor's category and split.
+
+hard_negatives.parquet records the dataset and backbone fingerprints of the embeddings it
+was mined from; `read_hard_negatives` refuses a file made from other ones, or from none.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from tqdm import tqdm
 
 from protocol.data.graphic_policy import has_category
 from protocol.data.schema import UNKNOWN
-from protocol.io import atomic_path
+from protocol.provenance import MissingProvenanceError, read_parquet, write_parquet
 from protocol.retrieval.search import combine_reports, topk
 
 logger = logging.getLogger(__name__)
@@ -37,6 +40,8 @@ DEFAULT_ATTRIBUTES = ("material", "neckline", "pattern")
 HARD_NEGATIVE_COLUMNS = (
     "anchor_id", "negative_id", "category2", "attribute", "anchor_value", "negative_value", "similarity", "rank",
 )
+HARD_NEGATIVES_FILE = "hard_negatives.parquet"
+MADE_BY = "the mine stage"
 
 
 def known_mask(values: pd.Series) -> np.ndarray:
@@ -200,14 +205,25 @@ def _check_inputs(meta, image_emb, attributes, splits, per_anchor, candidates, m
                          f"{sorted(meta['split'].astype(str).unique())}")
 
 
-def write_hard_negatives(negatives: pd.DataFrame, path: str | Path) -> Path:
-    """hard_negatives.parquet, written atomically."""
+def write_hard_negatives(negatives: pd.DataFrame, path: str | Path, record: dict[str, str]) -> Path:
+    """hard_negatives.parquet with its provenance `record` (dataset + backbone) in its metadata, atomically."""
     missing = [c for c in HARD_NEGATIVE_COLUMNS if c not in negatives.columns]
     if missing:
         raise ValueError(f"hard negatives lack column(s) {missing}; produce them with mine_hard_negatives")
-    with atomic_path(path) as tmp:
-        negatives.to_parquet(tmp, index=False)
-    return Path(path)
+    if "backbone_fingerprint" not in record:
+        raise ValueError("hard negatives are mined from a backbone's embeddings: their provenance record must "
+                         "name its backbone_fingerprint (protocol.provenance.provenance(dataset_fp, backbone_fp))")
+    return write_parquet(negatives, path, record)
+
+
+def read_hard_negatives(path: str | Path, *, dataset: str, backbone: str | None) -> tuple[pd.DataFrame, dict[str, str]]:
+    """(hard_negatives.parquet, its provenance record), refusing a file mined from another dataset or
+    backbone (`backbone=None`: any backbone, for a reader that passes on the one the file names)."""
+    negatives, record = read_parquet(path, HARD_NEGATIVES_FILE, dataset=dataset, backbone=backbone, made_by=MADE_BY)
+    if "backbone_fingerprint" not in record:
+        raise MissingProvenanceError(f"{HARD_NEGATIVES_FILE} {path} records no backbone_fingerprint, so nothing "
+                                     f"shows which embeddings it was mined from: re-run {MADE_BY} to rewrite it")
+    return negatives, record
 
 
 def summarize_hard_negatives(negatives: pd.DataFrame) -> dict:

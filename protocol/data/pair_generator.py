@@ -26,6 +26,10 @@ can be counted, enumerated or sampled with a few numpy operations. Distinct pair
 drawn first; when a type's pool is smaller than its quota each distinct pair is reused
 evenly, at most `max_repeats` times, and whatever is still missing is reported in
 `stats["shortfalls"]`, never hidden.
+
+pairs.parquet records the dataset fingerprint it was made from, and the backbone
+fingerprint of the mined negatives it drew from; `read_pairs` refuses a file made from
+other ones, or from none.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ import numpy as np
 import pandas as pd
 
 from protocol.data.hard_negatives import HARD_NEGATIVE_COLUMNS, category_mask, known_mask, product_codes
-from protocol.io import atomic_path, write_json
+from protocol.io import write_json
+from protocol.provenance import read_parquet, write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +63,9 @@ SUM_TOLERANCE = 1e-6
 # Rejection sampling of distinct pairs gives up after this many rounds (only reachable when
 # nearly every candidate pair is of one product) and reports the rest as a shortfall.
 MAX_SAMPLING_ROUNDS = 50
+PAIRS_FILE = "pairs.parquet"
+STATS_FILE = "pairs_stats.json"
+MADE_BY = "the pairs stage"
 
 
 @dataclass(frozen=True)
@@ -559,9 +567,14 @@ def _check_hard_negatives(mined: pd.DataFrame, meta: pd.DataFrame, groups: pd.Da
                          + "; ".join(problems) + "; re-run mining on this dataset")
 
 
-def write_pairs(pairs: pd.DataFrame, stats: dict, out_dir: str | Path) -> dict[str, Path]:
-    """pairs.parquet + pairs_stats.json in out_dir, each written atomically."""
+def write_pairs(pairs: pd.DataFrame, stats: dict, out_dir: str | Path, record: dict[str, str]) -> dict[str, Path]:
+    """pairs.parquet (provenance `record` in its metadata) + pairs_stats.json (the same record under
+    "provenance") in out_dir, each written atomically."""
     out_dir = Path(out_dir)
-    with atomic_path(out_dir / "pairs.parquet") as tmp:
-        pairs.loc[:, list(PAIR_COLUMNS)].to_parquet(tmp, index=False)
-    return {"pairs": out_dir / "pairs.parquet", "stats": write_json(out_dir / "pairs_stats.json", stats)}
+    path = write_parquet(pairs.loc[:, list(PAIR_COLUMNS)], out_dir / PAIRS_FILE, record)
+    return {"pairs": path, "stats": write_json(out_dir / STATS_FILE, {**stats, "provenance": record})}
+
+
+def read_pairs(path: str | Path, *, dataset: str, backbone: str | None) -> tuple[pd.DataFrame, dict[str, str]]:
+    """(pairs.parquet, its provenance record), refusing a file made from another dataset or backbone."""
+    return read_parquet(path, PAIRS_FILE, dataset=dataset, backbone=backbone, made_by=MADE_BY)

@@ -7,6 +7,9 @@ import pytest
 
 from protocol.data.group_audit import audit_groups, read_groups_json, write_groups_json
 from protocol.data.group_key import derive_groups
+from protocol.io import read_json, write_json
+from protocol.provenance import FingerprintMismatchError, MissingProvenanceError, provenance
+from tests.data.test_hard_negatives import DATASET_0, DATASET_1
 
 SHOP = "https://shop.example.com/p/"
 
@@ -94,10 +97,31 @@ def test_spot_check_holds_whole_groups_of_every_source(meta):
 
 def test_groups_json_round_trip(meta, tmp_path):
     groups = derive_groups(meta.assign(product_id=""))
-    path = write_groups_json(groups, tmp_path / "groups.json")
-    back = read_groups_json(path)
+    path = write_groups_json(groups, tmp_path / "groups.json", provenance(DATASET_0))
+    back = read_groups_json(path, dataset=DATASET_0)
     merged = groups.merge(back, on="item_id", suffixes=("", "_back"))
     assert len(merged) == len(groups) and (merged["group_id"] == merged["group_id_back"]).all()
     assert (merged["confidence_back"] <= merged["confidence"]).all()
     with pytest.raises(ValueError, match="groups name 1 item"):
         audit_groups(pd.concat([groups, groups.head(1).assign(item_id="ghost")]), meta)
+
+
+def test_groups_json_records_its_dataset_and_refuses_another(meta, tmp_path):
+    groups = derive_groups(meta)
+    path = write_groups_json(groups, tmp_path / "groups.json", provenance(DATASET_0))
+    doc = read_json(path)
+    assert doc["provenance"] == {"dataset_fingerprint": DATASET_0}
+    assert set(doc) - {"provenance"} == set(groups["group_id"])  # the groups stay at the top level
+    with pytest.raises(FingerprintMismatchError,
+                       match=f"(?s)groups.json {path}.*{DATASET_0}.*{DATASET_1}.*re-run the groups stage"):
+        read_groups_json(path, dataset=DATASET_1)
+    with pytest.raises(ValueError, match="is groups.json's provenance key"):
+        write_groups_json(groups.assign(group_id="provenance"), tmp_path / "clash.json", provenance(DATASET_0))
+
+
+def test_groups_json_without_provenance_is_refused(meta, tmp_path):
+    doc = read_json(write_groups_json(derive_groups(meta), tmp_path / "groups.json", provenance(DATASET_0)))
+    del doc["provenance"]
+    write_json(tmp_path / "old.json", doc)  # as an older version wrote it
+    with pytest.raises(MissingProvenanceError, match=f"groups.json {tmp_path / 'old.json'}.*re-run the groups stage"):
+        read_groups_json(tmp_path / "old.json", dataset=DATASET_0)

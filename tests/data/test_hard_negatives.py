@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
-from protocol.data.hard_negatives import HARD_NEGATIVE_COLUMNS, mine_hard_negatives, write_hard_negatives
+from protocol.data.hard_negatives import (
+    HARD_NEGATIVE_COLUMNS, mine_hard_negatives, read_hard_negatives, write_hard_negatives,
+)
+from protocol.provenance import FingerprintMismatchError, MissingProvenanceError, provenance
+
+# fingerprints of the seed-0 and seed-1 catalogs and of two backbones (64 hex digits, as made)
+DATASET_0, DATASET_1 = "0d" * 32, "1d" * 32
+BACKBONE_0, BACKBONE_1 = "0b" * 32, "1b" * 32
+
+
+def stored_provenance(path) -> dict:
+    """The record in a parquet file's schema metadata, read with pyarrow alone (not the reader under test)."""
+    return json.loads(pq.read_schema(path).metadata[b"protocol.provenance"])
 
 CATEGORIES = ("tees", "shirts", "cardigans", "shorts", "graphic")
 VALUES = {
@@ -139,6 +154,29 @@ def test_bad_inputs_are_named(placed, tmp_path):
         mine_hard_negatives(meta.drop(columns="group_id"), emb)
     with pytest.raises(ValueError, match="no item of meta is in splits"):
         mine_hard_negatives(meta, emb, splits=("holdout",))
+
+
+def test_hard_negatives_file_records_its_dataset_and_backbone_and_refuses_others(placed, tmp_path):
+    meta, emb = placed
     mined = mine_hard_negatives(meta, emb)
-    path = write_hard_negatives(mined, tmp_path / "hard_negatives.parquet")
-    pd.testing.assert_frame_equal(pd.read_parquet(path), mined)
+    path = write_hard_negatives(mined, tmp_path / "hard_negatives.parquet", provenance(DATASET_0, BACKBONE_0))
+    assert stored_provenance(path) == {"dataset_fingerprint": DATASET_0, "backbone_fingerprint": BACKBONE_0}
+    back, record = read_hard_negatives(path, dataset=DATASET_0, backbone=BACKBONE_0)
+    pd.testing.assert_frame_equal(back, mined)
+    assert record == stored_provenance(path)
+    # mined from the seed-0 catalog: a seed-1 catalog (or another backbone's features) must not train on them
+    with pytest.raises(FingerprintMismatchError,
+                       match=f"(?s)hard_negatives.parquet {path}.*{DATASET_0}.*{DATASET_1}.*re-run the mine stage"):
+        read_hard_negatives(path, dataset=DATASET_1, backbone=BACKBONE_0)
+    with pytest.raises(FingerprintMismatchError, match=f"(?s)backbone.*{BACKBONE_0}.*{BACKBONE_1}.*the mine stage"):
+        read_hard_negatives(path, dataset=DATASET_0, backbone=BACKBONE_1)
+    with pytest.raises(ValueError, match="must name its backbone_fingerprint"):
+        write_hard_negatives(mined, tmp_path / "no_backbone.parquet", provenance(DATASET_0))
+    assert not (tmp_path / "no_backbone.parquet").exists()
+
+
+def test_hard_negatives_without_provenance_are_refused(placed, tmp_path):
+    meta, emb = placed
+    mine_hard_negatives(meta, emb).to_parquet(tmp_path / "old.parquet")  # as an older version wrote it
+    with pytest.raises(MissingProvenanceError, match=f"hard_negatives.parquet {tmp_path}.*re-run the mine stage"):
+        read_hard_negatives(tmp_path / "old.parquet", dataset=DATASET_0, backbone=None)

@@ -7,10 +7,11 @@ import pytest
 
 from protocol.data.hard_negatives import mine_hard_negatives
 from protocol.data.pair_generator import (
-    PAIR_COLUMNS, PAIR_TYPES, POSITIVE_TYPES, PairMix, generate_pairs, validate_pairs, write_pairs,
+    PAIR_COLUMNS, PAIR_TYPES, POSITIVE_TYPES, PairMix, generate_pairs, read_pairs, validate_pairs, write_pairs,
 )
 from protocol.io import read_json
-from tests.data.test_hard_negatives import random_meta
+from protocol.provenance import FingerprintMismatchError, MissingProvenanceError, provenance
+from tests.data.test_hard_negatives import BACKBONE_0, BACKBONE_1, DATASET_0, DATASET_1, random_meta, stored_provenance
 
 CATEGORY_BASED = set(PAIR_TYPES) - {"strong_group"}
 
@@ -174,8 +175,30 @@ def test_stale_hard_negatives_are_refused(world):
         generate_pairs(meta, groups, flipped, n_pairs=100)
 
 
-def test_write_pairs_round_trips(world, tmp_path):
+def test_pairs_file_records_its_dataset_and_backbone_and_refuses_others(world, tmp_path):
     _, _, _, pairs, stats = world
-    paths = write_pairs(pairs, stats, tmp_path)
-    pd.testing.assert_frame_equal(pd.read_parquet(paths["pairs"]), pairs)
-    assert read_json(paths["stats"])["pair_types"]["medium"]["count"] == stats["pair_types"]["medium"]["count"]
+    record = provenance(DATASET_0, BACKBONE_0)
+    paths = write_pairs(pairs, stats, tmp_path, record)
+    assert stored_provenance(paths["pairs"]) == record
+    back, got = read_pairs(paths["pairs"], dataset=DATASET_0, backbone=BACKBONE_0)
+    pd.testing.assert_frame_equal(back, pairs)
+    assert got == record
+    written = read_json(paths["stats"])
+    assert written["pair_types"]["medium"]["count"] == stats["pair_types"]["medium"]["count"]
+    assert written["provenance"] == record
+    with pytest.raises(FingerprintMismatchError,
+                       match=f"(?s)pairs.parquet {paths['pairs']}.*{DATASET_0}.*{DATASET_1}.*re-run the pairs stage"):
+        read_pairs(paths["pairs"], dataset=DATASET_1, backbone=BACKBONE_0)
+    with pytest.raises(FingerprintMismatchError, match=f"(?s)backbone.*{BACKBONE_0}.*{BACKBONE_1}"):
+        read_pairs(paths["pairs"], dataset=DATASET_0, backbone=BACKBONE_1)
+
+
+def test_pairs_without_provenance_are_refused(world, tmp_path):
+    _, _, _, pairs, _ = world
+    pairs.to_parquet(tmp_path / "pairs.parquet")  # as an older version wrote it
+    with pytest.raises(MissingProvenanceError, match="pairs.parquet .*re-run the pairs stage"):
+        read_pairs(tmp_path / "pairs.parquet", dataset=DATASET_0, backbone=BACKBONE_0)
+    # dataset only (e.g. written by hand): the backbone check cannot pass silently either
+    write_pairs(pairs, {}, tmp_path, provenance(DATASET_0))
+    with pytest.raises(MissingProvenanceError, match="records no backbone_fingerprint: re-run the pairs stage"):
+        read_pairs(tmp_path / "pairs.parquet", dataset=DATASET_0, backbone=BACKBONE_0)

@@ -125,8 +125,9 @@ class GroupsConfig:
 
 
 def run_groups(cfg: GroupsConfig) -> dict:
-    from protocol.data.group_audit import audit_groups, write_groups_json
+    from protocol.data.group_audit import GROUPS_FILE, audit_groups, write_groups_json
     from protocol.data.group_key import derive_groups
+    from protocol.provenance import provenance
 
     with stage_run("groups", cfg, output_dir=cfg.output_dir) as logger:
         processed = _load_meta(cfg.prepared)
@@ -134,7 +135,7 @@ def run_groups(cfg: GroupsConfig) -> dict:
         logger.log_dataset(processed, context="training")
         groups = derive_groups(processed.meta)
         out = logger.output_dir
-        path = write_groups_json(groups, out / "groups.json")
+        path = write_groups_json(groups, out / GROUPS_FILE, provenance(processed.fingerprint))
         audit = audit_groups(groups, processed.meta, min_confidence=cfg.min_confidence,
                              sample_size=cfg.spot_check, seed=cfg.seed)
         spot = audit.pop("spot_check", None)
@@ -179,15 +180,18 @@ class MineConfig:
 
 
 def run_mine(cfg: MineConfig) -> dict:
-    from protocol.data.hard_negatives import mine_hard_negatives, summarize_hard_negatives, write_hard_negatives
+    from protocol.data.hard_negatives import (
+        HARD_NEGATIVES_FILE, mine_hard_negatives, summarize_hard_negatives, write_hard_negatives,
+    )
+    from protocol.provenance import provenance
     from protocol.retrieval.catalog import load_catalog
     from protocol.retrieval.evaluation import split_list
     from protocol.retrieval.search import search_log_entries
 
     with stage_run("mine", cfg, output_dir=cfg.output_dir) as logger:
         catalog = load_catalog(resolve_input(cfg.catalog, "catalog"))
-        logger.set_tags({"dataset.fingerprint": catalog.manifest["dataset_fingerprint"],
-                         "backbone.fingerprint": catalog.manifest["backbone_fingerprint"]})
+        dataset_fp, backbone_fp = catalog.manifest["dataset_fingerprint"], catalog.manifest["backbone_fingerprint"]
+        logger.set_tags({"dataset.fingerprint": dataset_fp, "backbone.fingerprint": backbone_fp})
         search = {}
         negatives = mine_hard_negatives(catalog.meta, catalog.image, max_anchors=cfg.max_anchors,
                                         per_anchor=cfg.per_anchor, candidates=cfg.candidates,
@@ -196,7 +200,8 @@ def run_mine(cfg: MineConfig) -> dict:
         search_metrics, search_tags = search_log_entries(search)  # search.*: backend, recall10_vs_exact
         logger.log_metrics(search_metrics)
         logger.set_tags(search_tags)
-        path = write_hard_negatives(negatives, logger.output_dir / "hard_negatives.parquet")
+        path = write_hard_negatives(negatives, logger.output_dir / HARD_NEGATIVES_FILE,
+                                    provenance(dataset_fp, backbone_fp))
         summary = summarize_hard_negatives(negatives)
         logger.log_dict(summary, "mine/summary.json")
         logger.log_metrics({f"mine.{k}": v for k, v in _flatten(summary).items()})
@@ -235,21 +240,26 @@ class PairsConfig:
 
 
 def run_pairs(cfg: PairsConfig) -> dict:
-    import pandas as pd
-
     from protocol.data.group_audit import read_groups_json
+    from protocol.data.hard_negatives import read_hard_negatives
     from protocol.data.pair_generator import generate_pairs, write_pairs
+    from protocol.provenance import provenance
 
     with stage_run("pairs", cfg, output_dir=cfg.output_dir) as logger:
         processed = _load_meta(cfg.prepared)
         logger.set_tags({"dataset.fingerprint": processed.fingerprint})
         logger.log_dataset(processed, context="training")
-        groups = read_groups_json(resolve_input(cfg.groups, "groups"))
-        negatives = pd.read_parquet(resolve_input(cfg.hard_negatives, "hard_negatives"))
+        groups = read_groups_json(resolve_input(cfg.groups, "groups"), dataset=processed.fingerprint)
+        # pairs has no backbone of its own: it takes the one the negatives were mined with and passes
+        # it on in pairs.parquet, so training refuses pairs mined with another backbone than its features'
+        negatives, mined = read_hard_negatives(resolve_input(cfg.hard_negatives, "hard_negatives"),
+                                               dataset=processed.fingerprint, backbone=None)
+        backbone_fp = mined["backbone_fingerprint"]
+        logger.set_tags({"backbone.fingerprint": backbone_fp})
         pairs, stats = generate_pairs(processed.meta, groups, negatives, mix=cfg.mix(), n_pairs=cfg.n_pairs,
                                       seed=cfg.seed, min_group_confidence=cfg.min_group_confidence)
         out = logger.output_dir
-        paths = write_pairs(pairs, stats, out)
+        paths = write_pairs(pairs, stats, out, provenance(processed.fingerprint, backbone_fp))
         logger.log_metrics({f"pairs.{k}": v for k, v in _flatten(stats).items()})
         logger.log_artifact(out, "pairs")
-        return {"run_id": logger.run_id, "pairs": str(out / "pairs.parquet"), "n": len(pairs), "paths": paths}
+        return {"run_id": logger.run_id, "pairs": str(paths["pairs"]), "n": len(pairs), "paths": paths}

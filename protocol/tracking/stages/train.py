@@ -48,8 +48,8 @@ class TrainStageConfig(TrainConfig):
 
 
 def run_train(cfg: TrainStageConfig) -> dict:
-    import pandas as pd
-
+    from protocol.data.hard_negatives import read_hard_negatives
+    from protocol.data.pair_generator import read_pairs
     from protocol.data.processed import load_processed
     from protocol.model.backbone import check_fingerprint
     from protocol.model.features import load_features
@@ -65,8 +65,10 @@ def run_train(cfg: TrainStageConfig) -> dict:
         logger.set_tags({"dataset.fingerprint": processed.fingerprint, "backbone.fingerprint": backbone_fp})
         logger.log_dataset(processed, context="training")
         features = load_features(cfg.cache_dir, processed.fingerprint, backbone_fp)  # training never runs the backbone
-        pairs = pd.read_parquet(resolve_input(cfg.pairs, "pairs"))
-        negatives = (pd.read_parquet(resolve_input(cfg.hard_negatives_path, "hard_negatives_path"))
+        # supervision made from another dataset or backbone than these features is refused, by file
+        pairs, _ = read_pairs(resolve_input(cfg.pairs, "pairs"), dataset=processed.fingerprint, backbone=backbone_fp)
+        negatives = (read_hard_negatives(resolve_input(cfg.hard_negatives_path, "hard_negatives_path"),
+                                         dataset=processed.fingerprint, backbone=backbone_fp)[0]
                      if cfg.hard_negatives else None)
         epochs = EpochModels(logger, manifest["model_spec"], processed, features)
         result = train(cfg.train_config(), features, processed.meta, pairs, negatives, logger.output_dir,
