@@ -207,13 +207,14 @@ def log_heads_model(heads: str | Path, backbone_spec: dict, *, name: str, step: 
     model = mlflow.initialize_logged_model(name=name, source_run_id=run_id, tags=tags, model_type="protocol-heads")
     try:
         _save_into_logged_model(model.model_id, heads, backbone_spec)
+        MlflowClient().log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
+        if metrics:
+            mlflow.log_metrics(metrics, step=step, model_id=model.model_id, synchronous=True)
     except BaseException:
         mlflow.finalize_logged_model(model.model_id, "FAILED")
         raise
+    # READY last: a model a killed run leaves READY has its files, its run link and its metrics
     mlflow.finalize_logged_model(model.model_id, "READY")
-    MlflowClient().log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
-    if metrics:
-        mlflow.log_metrics(metrics, step=step, model_id=model.model_id)
     return model.model_id
 
 

@@ -80,8 +80,8 @@ class AblationConfig(TrainConfig):
 
 
 def run_ablation(cfg: AblationConfig) -> dict:
-    import pandas as pd
-
+    from protocol.data.hard_negatives import read_hard_negatives
+    from protocol.data.pair_generator import read_pairs
     from protocol.data.processed import load_processed
     from protocol.model.backbone import check_fingerprint
     from protocol.model.features import load_features
@@ -113,8 +113,9 @@ def run_ablation(cfg: AblationConfig) -> dict:
         logger.set_tags({**fingerprints, "variants": ",".join(variants), "seeds": ",".join(map(str, seeds))})
         logger.log_dataset(processed, context="training")
         features = load_features(cfg.cache_dir, processed.fingerprint, backbone_fp)  # never the backbone
-        pairs = pd.read_parquet(resolve_input(cfg.pairs, "pairs"))
-        negatives = pd.read_parquet(resolve_input(cfg.hard_negatives_path, "hard_negatives_path"))
+        pairs, _ = read_pairs(resolve_input(cfg.pairs, "pairs"), dataset=processed.fingerprint, backbone=backbone_fp)
+        negatives, _ = read_hard_negatives(resolve_input(cfg.hard_negatives_path, "hard_negatives_path"),
+                                           dataset=processed.fingerprint, backbone=backbone_fp)
         out = logger.output_dir
 
         runs = []
