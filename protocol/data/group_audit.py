@@ -40,6 +40,9 @@ MADE_BY = "the groups stage"
 PROVENANCE_KEY = "provenance"
 PRODUCT_ID_SOURCE = "product_id"
 PRECISION_THRESHOLD = 0.95
+# A derived group below this confidence never makes two items one product (groups audit,
+# strong_group pairs, in-batch group positives in training).
+MIN_GROUP_CONFIDENCE = 0.5
 # Below this many guessed same-product pairs the precision says too little to rely on.
 MIN_EVALUATED_PAIRS = 10
 SPOT_CHECK_COLUMNS = ("group_id", "source", "confidence", "item_id", "product_id", "url", "title")
@@ -48,7 +51,7 @@ SPOT_CHECK_COLUMNS = ("group_id", "source", "confidence", "item_id", "product_id
 def audit_groups(
     groups: pd.DataFrame,
     meta: pd.DataFrame,
-    min_confidence: float = 0.5,
+    min_confidence: float = MIN_GROUP_CONFIDENCE,
     sample_size: int = 20,
     seed: int = 0,
     *,

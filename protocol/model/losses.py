@@ -2,17 +2,14 @@
 
 All functions are pure: tensors in, a scalar tensor (and detached parts for logging) out.
 
-Targets are masks, not indices: a text's positives are its own image plus every column
-that `positive_mask` marks (images of the same product, a paired positive), and the
-target distribution spreads evenly over them. So items of one product are never pushed
-apart as negatives, and extra columns (mined hard negatives) join the softmax as negatives
-unless they happen to be positives of that row.
-
-The training loop builds its masks in numpy and hands the losses `SoftTargets`
-(the targets `info_nce` would derive from a mask, precomputed), which spares it a dozen
-small tensor ops and a host sync per loss on every step; `info_nce_targets`,
-`contrastive_loss_targets` and `fusion_loss_targets` compute exactly what `info_nce`,
-`contrastive_loss` and `fusion_loss` compute from the corresponding masks.
+Targets are graded relevance weights, not indices: a text's targets spread over its own
+image and every column the training step marks relevant (images of the same product, a
+paired positive), in proportion to each column's weight (own image and same product
+highest, weaker pair types lower, a positive that contradicts the anchor on a known
+attribute lower still). So items of one product are never pushed apart as negatives, and
+extra columns (mined, attribute-targeted and easy negatives) join the softmax as negatives.
+The training loop builds the weights in numpy and hands the losses `SoftTargets`, which
+spares it a dozen small tensor ops and a host sync per loss on every step.
 """
 
 from __future__ import annotations
@@ -27,81 +24,57 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100  # attribute label of an item whose attribute is unknown
 
 
-def positive_mask(
-    row_items: torch.Tensor,
-    col_items: torch.Tensor,
-    row_groups: torch.Tensor | None = None,
-    col_groups: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """[R, C] bool: same item, or (when groups are given) same product group."""
-    mask = row_items[:, None] == col_items[None, :]
-    if row_groups is not None and col_groups is not None:
-        mask |= row_groups[:, None] == col_groups[None, :]
-    return mask
-
-
-def info_nce(
-    queries: torch.Tensor,
-    candidates: torch.Tensor,
-    positives: torch.Tensor,
-    scale: torch.Tensor | float,
-    exclude: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One-direction InfoNCE with soft multi-positive targets.
-
-    queries [R, D], candidates [C, D] (L2-normalised), positives [R, C] bool, exclude [R, C]
-    bool (columns left out of a row's softmax). Each row's target is uniform over its
-    positives; rows without any positive are skipped; 0 when no row has one.
-    """
-    logits = scale * queries @ candidates.T
-    if exclude is not None:
-        # A finite floor rather than -inf: 0 * -inf would make the cross-entropy NaN.
-        logits = logits.masked_fill(exclude, torch.finfo(logits.dtype).min)
-        positives = positives & ~exclude
-    counts = positives.sum(dim=1)
-    keep = counts > 0
-    if not bool(keep.all()):
-        if not bool(keep.any()):
-            return logits.sum() * 0.0
-        logits, positives, counts = logits[keep], positives[keep], counts[keep]
-    return F.cross_entropy(logits, positives.to(logits.dtype) / counts[:, None].to(logits.dtype))
-
-
 @dataclass(frozen=True)
 class SoftTargets:
-    """What `info_nce` derives from a positives mask: the kept rows and their target distributions."""
+    """The soft InfoNCE targets of a batch: per kept row, a distribution over the columns.
 
-    targets: torch.Tensor | None  # [R', C] float32, uniform over each kept row's positives; None: no row kept
-    rows: torch.Tensor | None  # [R'] indices of the kept rows (those with a positive); None: every row
+    Built in numpy by the training loop, once per step, from graded relevance weights; the
+    losses then run only the tensor ops that carry gradients.
+    """
+
+    targets: torch.Tensor | None  # [R', C] float32, each kept row's weights normalised to sum 1; None: no row kept
+    rows: torch.Tensor | None  # [R'] indices of the kept rows (those with a positive weight); None: every row
 
     @classmethod
-    def from_mask(cls, positives: np.ndarray) -> "SoftTargets":
-        """positives [R, C] bool (excluded columns already removed), as `info_nce` uses it."""
-        counts = positives.sum(axis=1)
-        keep = counts > 0
+    def from_weights(cls, weights: np.ndarray) -> "SoftTargets":
+        """weights [R, C] >= 0 (bool: every positive weighs 1), excluded columns already at 0.
+
+        A row's target is its weights over their sum, so a column of weight 0.5 beside the
+        row's own image (1.0) gets a third of the target mass; rows without any positive
+        weight are left out of the loss.
+        """
+        weights = np.asarray(weights, dtype=np.float32)
+        if (weights < 0).any() or not np.isfinite(weights).all():
+            raise ValueError("soft target weights must be finite and >= 0")
+        sums = weights.sum(axis=1)
+        keep = sums > 0
         if keep.all():
             rows = None
         elif not keep.any():
             return cls(None, None)
         else:
             rows = np.flatnonzero(keep)
-            positives, counts = positives[rows], counts[rows]
+            weights, sums = weights[rows], sums[rows]
             rows = torch.from_numpy(rows)
-        # float32 / float32, exactly as info_nce divides (IEEE division: the same bits).
-        targets = positives.astype(np.float32) / counts[:, None].astype(np.float32)
-        return cls(torch.from_numpy(targets), rows)
+        return cls(torch.from_numpy(weights / sums[:, None]), rows)
 
 
-def info_nce_targets(
+def info_nce(
     queries: torch.Tensor,
     candidates: torch.Tensor,
     targets: SoftTargets,
     scale: torch.Tensor | float,
     exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`info_nce` with its targets precomputed: `SoftTargets.from_mask(positives & ~exclude)`."""
+    """One-direction InfoNCE with soft targets.
+
+    queries [R, D], candidates [C, D] (L2-normalised), targets over the C columns, exclude
+    [R, C] bool (columns left out of a row's softmax; their target weight must be 0).
+    Rows `targets` left out are skipped; 0 when no row is kept.
+    """
     logits = scale * queries @ candidates.T
     if exclude is not None:
+        # A finite floor rather than -inf: 0 * -inf would make the cross-entropy NaN.
         logits = logits.masked_fill(exclude, torch.finfo(logits.dtype).min)
     if targets.targets is None:
         return logits.sum() * 0.0
@@ -114,42 +87,25 @@ def contrastive_loss(
     text_emb: torch.Tensor,
     image_emb: torch.Tensor,
     scale: torch.Tensor | float,
-    positives: torch.Tensor,
-    extra_image: torch.Tensor | None = None,
-    extra_positives: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Symmetric InfoNCE over a batch of B items; extra image columns join the text->image side.
-
-    positives [B, B] (row text i, column image j); extra_image [M, D] with extra_positives
-    [B, M] (all False for pure hard negatives). Returns (mean of both directions, parts).
-    """
-    columns, column_positives = image_emb, positives
-    if extra_image is not None and len(extra_image):
-        if extra_positives is None:
-            extra_positives = torch.zeros(len(text_emb), len(extra_image), dtype=torch.bool)
-        columns = torch.cat([image_emb, extra_image])
-        column_positives = torch.cat([positives, extra_positives], dim=1)
-    t2i = info_nce(text_emb, columns, column_positives, scale)
-    i2t = info_nce(image_emb, text_emb, positives.T, scale)
-    loss = (t2i + i2t) / 2
-    return loss, {"t2i": t2i.detach(), "i2t": i2t.detach()}
-
-
-def contrastive_loss_targets(
-    text_emb: torch.Tensor,
-    image_emb: torch.Tensor,
-    scale: torch.Tensor | float,
     t2i_targets: SoftTargets,
     i2t_targets: SoftTargets,
     extra_image: torch.Tensor | None = None,
+    extra_text: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """`contrastive_loss` with precomputed targets: t2i from the [B, B+M] column positives
-    (`positives` beside `extra_positives`), i2t from `positives.T`."""
-    columns = image_emb
+    """Symmetric InfoNCE over a batch of B items and M extra items (partners, negatives).
+
+    text -> [batch images | extra images] with t2i_targets [B, B + M]; image -> [batch texts
+    | extra texts] with i2t_targets [B, B + M'] (extra_text None: the batch texts alone,
+    targets [B, B]). Relevance is symmetric (own item, same product, a paired positive), so
+    both directions can share one weight matrix. Returns (mean of both directions, parts).
+    """
+    image_columns, text_columns = image_emb, text_emb
     if extra_image is not None and len(extra_image):
-        columns = torch.cat([image_emb, extra_image])
-    t2i = info_nce_targets(text_emb, columns, t2i_targets, scale)
-    i2t = info_nce_targets(image_emb, text_emb, i2t_targets, scale)
+        image_columns = torch.cat([image_emb, extra_image])
+    if extra_text is not None and len(extra_text):
+        text_columns = torch.cat([text_emb, extra_text])
+    t2i = info_nce(text_emb, image_columns, t2i_targets, scale)
+    i2t = info_nce(image_emb, text_columns, i2t_targets, scale)
     loss = (t2i + i2t) / 2
     return loss, {"t2i": t2i.detach(), "i2t": i2t.detach()}
 
@@ -165,30 +121,16 @@ def fusion_loss(
     candidate_text: torch.Tensor,
     weight: torch.Tensor,
     scale: torch.Tensor | float,
-    positives: torch.Tensor,
+    targets: SoftTargets,
     self_mask: torch.Tensor,
 ) -> torch.Tensor:
     """text -> fused-catalog InfoNCE; `self_mask` [R, C] marks each query's own item.
 
     A catalog never holds the query itself, and its own text would match perfectly and
-    drive the weight to 0, so own-item columns are excluded: rows learn from their other
-    positives (same product, a paired positive) only.
+    drive the weight to 0, so own-item columns are excluded (and must weigh 0 in
+    `targets`): rows learn from their other positives (same product, a paired positive) only.
     """
-    return info_nce(text_emb, fused(candidate_image, candidate_text, weight), positives, scale, exclude=self_mask)
-
-
-def fusion_loss_targets(
-    text_emb: torch.Tensor,
-    candidate_image: torch.Tensor,
-    candidate_text: torch.Tensor,
-    weight: torch.Tensor,
-    scale: torch.Tensor | float,
-    targets: SoftTargets,
-    self_mask: torch.Tensor,
-) -> torch.Tensor:
-    """`fusion_loss` with precomputed targets: `SoftTargets.from_mask(positives & ~self_mask)`."""
-    return info_nce_targets(text_emb, fused(candidate_image, candidate_text, weight), targets, scale,
-                            exclude=self_mask)
+    return info_nce(text_emb, fused(candidate_image, candidate_text, weight), targets, scale, exclude=self_mask)
 
 
 def attribute_loss(

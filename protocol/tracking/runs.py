@@ -25,6 +25,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.tracking import MlflowClient
 
+from protocol.training.ablation import SWITCHES
 from protocol.tracking.artifact_cache import resolve_input  # noqa: F401 - stages import it from here
 from protocol.tracking.store import (  # noqa: F401 - tracking_uri: part of this module's interface
     EXPERIMENT_NAME, PROJECT_ROOT, check_artifacts_beside_store, prepare_store, tracking_uri,
@@ -146,7 +147,7 @@ class MlflowLogger:
         )])
 
 
-VARIANT_FLAGS = ("attribute_heads", "balanced_sampling", "hard_negatives")
+VARIANT_FLAGS = SWITCHES  # the ablation's switches name a train run's variant too
 NAME_SEPARATOR = " · "
 
 

@@ -6,11 +6,13 @@ adds to the plain adapter, and `full` has them all):
   plain               InfoNCE only: attribute_heads, balanced_sampling and hard_negatives off
   +attribute_heads    plain + the attribute classifiers on the image and text embeddings
   +balanced_sampling  plain + anchors drawn towards weak classes, rare materials, known necklines
-  +hard_negatives     plain + mined hard negatives as extra text->image columns
-  full                all three on (the shipped `train` configuration)
+  +hard_negatives     plain + negative pairs (mined, attribute-targeted, easy) as extra columns
+  +graded_pairs       plain + graded soft targets per pair type, contradictions down-weighted
+                      (only when asked for by name)
+  full                all on (the shipped `train` configuration)
 
-One at a time rather than cumulative: with three switches the cumulative chain's third step
-would be `full` itself. The names are those `protocol.tracking.runs.variant_name` gives a
+plain still has its pairs.parquet partners, every positive at full weight (multi-positive
+InfoNCE). One at a time rather than cumulative, so each row shows what that one part adds. The names are those `protocol.tracking.runs.variant_name` gives a
 `train` run with the same switches, so an ablation child and a hand-made train run of the
 same configuration carry the same `variant` tag.
 
@@ -38,12 +40,17 @@ import pandas as pd
 from protocol.io import atomic_path, write_json
 from protocol.training.config import TrainConfig
 
-SWITCHES = ("attribute_heads", "balanced_sampling", "hard_negatives")
+SWITCHES = ("attribute_heads", "balanced_sampling", "hard_negatives", "graded_pairs")
+# graded_pairs has no one-at-a-time variant of its own by default: it is part of `full`
+# ("everything, graded pair types included"); `+graded_pairs` can be asked for by name.
+ONE_AT_A_TIME = ("attribute_heads", "balanced_sampling", "hard_negatives")
 VARIANTS: dict[str, dict[str, bool]] = {
     "plain": dict.fromkeys(SWITCHES, False),
-    **{f"+{switch}": {s: s == switch for s in SWITCHES} for switch in SWITCHES},
+    **{f"+{switch}": {s: s == switch for s in SWITCHES} for switch in ONE_AT_A_TIME},
     "full": dict.fromkeys(SWITCHES, True),
+    "+graded_pairs": {s: s == "graded_pairs" for s in SWITCHES},
 }
+DEFAULT_VARIANTS = ("plain", *(f"+{switch}" for switch in ONE_AT_A_TIME), "full")
 BASELINE_VARIANT, FULL_VARIANT = "plain", "full"
 # Set by each variant, never by the caller's base config: the seed comes from the seeds list.
 VARIANT_FIELDS = ("seed", *SWITCHES)

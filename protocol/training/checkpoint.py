@@ -20,6 +20,7 @@ import torch
 
 from protocol.io import atomic_path
 from protocol.model.backbone import check_fingerprint
+from protocol.training.config import OPERATIONAL_FIELDS, RESUME_OVERRIDES
 
 logger = logging.getLogger(__name__)
 
@@ -84,3 +85,24 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+
+
+def check_resumable(state: dict[str, Any], path: str | Path, config: dict[str, Any], *, dataset_fingerprint: str,
+                    attribute_classes: dict[str, list[str]], config_file: Path) -> None:
+    """Refuse to resume from a checkpoint of another dataset, config or attribute classes.
+
+    Operational fields (threads, logging, checkpoint cadence) may change; `lr` may too, to
+    recover from a divergence, with a warning that the run no longer matches an uninterrupted one.
+    """
+    check_fingerprint(dataset_fingerprint, state["dataset_fingerprint"], f"the dataset of checkpoint {path}")
+    saved = state["config"]
+    changed = {k: (saved.get(k), v) for k, v in config.items() if k not in OPERATIONAL_FIELDS and saved.get(k) != v}
+    for name in RESUME_OVERRIDES & changed.keys():
+        old, new = changed.pop(name)
+        logger.warning("resuming with %s=%r instead of %r: the run will not match an uninterrupted one", name, new, old)
+    if changed:
+        listed = ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in changed.items())
+        raise ValueError(f"cannot resume from {path}: the config differs in {listed}. Resume with the checkpoint's "
+                         f"config ({config_file}) or start a new run")
+    if state["heads"]["config"]["attribute_classes"] != attribute_classes:
+        raise ValueError(f"cannot resume from {path}: its attribute classes differ from this data's")

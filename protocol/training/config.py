@@ -6,7 +6,8 @@ strings ("cardigans,shorts", "category2=tees,material=cotton") so that the confi
 stays flat for command lines and MLflow parameters.
 
 The ablation "plain InfoNCE adapter" is `attribute_heads=False, balanced_sampling=False,
-hard_negatives=False` (add `pair_positives=False` for text-image pairs of items only).
+hard_negatives=False, graded_pairs=False` (add `pair_positives=False` for text-image pairs
+of items only).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+from protocol.data.group_audit import MIN_GROUP_CONFIDENCE
 from protocol.model.protocol_model import HeadsConfig
 from protocol.model.sampler import SamplerConfig
+from protocol.training.batches import UNIFORM_RELEVANCE, Relevance
 
 OPERATIONAL_FIELDS = frozenset({"checkpoint_every", "log_every", "num_threads"})  # may change on resume
 # May change on resume too, to recover from a divergence; the run then no longer matches an uninterrupted one.
@@ -43,10 +46,23 @@ class TrainConfig:
     fusion_weight: float = HeadsConfig.init_fusion  # initial value when learned
     # supervision switches
     balanced_sampling: bool = SamplerConfig.balanced
-    hard_negatives: bool = True
-    n_hard_negatives: int = 2  # per anchor and step
-    use_group_positives: bool = True
+    hard_negatives: bool = True  # negative pairs (mined, attribute-targeted, easy) as extra columns
+    n_hard_negatives: int = 2  # negatives per anchor and step
+    # the negatives' (and partners') texts also as image -> text columns. Off: on the embedded default
+    # it cost every locked target (see docs/ARCHITECTURE.md, "Training defaults"), and image -> text is
+    # no retrieval mode of the project; the negatives' images stay text -> image columns either way
+    image_to_text_negatives: bool = False
+    use_group_positives: bool = True  # in-batch images of one product group are positives
+    min_group_confidence: float = MIN_GROUP_CONFIDENCE  # ... of groups.json groups this confident only
     pair_positives: bool = True  # one positive partner per anchor from pairs.parquet
+    # graded soft targets: a positive weighs its type's relevance (own image 1), x contradiction_factor
+    # if it contradicts the anchor on a known attribute; off: every positive weighs 1 (plain multi-positive InfoNCE)
+    graded_pairs: bool = True
+    relevance_strong_group: float = Relevance.strong_group
+    relevance_strong_attribute: float = Relevance.strong_attribute
+    relevance_medium: float = Relevance.medium
+    relevance_weak: float = Relevance.weak
+    contradiction_factor: float = Relevance.contradiction_factor
     bank_refresh_steps: int = 50  # extra columns come from embeddings at most this many steps old; 0: fresh
     # loss weights
     w_contrastive: float = 1.0
@@ -92,6 +108,10 @@ class TrainConfig:
         _check(self, "warmup_fraction", lambda v: 0 <= v < 1, "in [0, 1)")
         _check(self, "min_lr_ratio", lambda v: v <= 1, "<= 1")
         _check(self, "dominant_cap", lambda v: 0 < v <= 1, "in (0, 1]")
+        _check(self, "min_group_confidence", lambda v: 0 <= v <= 1, "in [0, 1]")
+        for name in ("relevance_strong_group", "relevance_strong_attribute", "relevance_medium", "relevance_weak",
+                     "contradiction_factor"):
+            _check(self, name, lambda v: 0 <= v <= 1, "in [0, 1] (a weight relative to the item's own image)")
         if self.head not in ("mlp", "linear"):
             raise ValueError(f"head must be 'mlp' or 'linear', got {self.head!r}")
         if self.steps_per_epoch is not None:
@@ -115,6 +135,13 @@ class TrainConfig:
             dominant_groups=_column_values(self.dominant_groups),
             dominant_cap=self.dominant_cap,
         )
+
+    def relevance(self) -> Relevance:
+        """The soft-target weights of the positives: graded, or all 1 with graded_pairs off."""
+        if not self.graded_pairs:
+            return UNIFORM_RELEVANCE
+        return Relevance(self.relevance_strong_group, self.relevance_strong_attribute, self.relevance_medium,
+                         self.relevance_weak, self.contradiction_factor)
 
     def head_weights(self) -> dict[str, float]:
         return {"neckline": self.neckline_weight}

@@ -49,6 +49,7 @@ class SyntheticTrainingSet:
     meta: pd.DataFrame
     pairs: pd.DataFrame
     hard_negatives: pd.DataFrame
+    groups: pd.DataFrame  # groups.json as read back: item_id, group_id, source, confidence
 
 
 def synthetic_meta(n_products: int, views: int = 2, seed: int = 0) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
@@ -115,7 +116,7 @@ def synthetic_training_set(n_products: int = 200, dim: int = 32, n_pairs: int = 
     groups = pd.DataFrame({"item_id": meta["item_id"], "group_id": meta["group_id"], "source": "product_id",
                            "confidence": 1.0})
     pairs, _ = generate_pairs(meta, groups, hard_negatives, n_pairs=n_pairs, seed=seed)
-    return SyntheticTrainingSet(features, meta, pairs, hard_negatives)
+    return SyntheticTrainingSet(features, meta, pairs, hard_negatives, groups)
 
 
 def _draw(rng: np.random.Generator, dist: dict[str, float], n: int) -> np.ndarray:

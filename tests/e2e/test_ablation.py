@@ -14,7 +14,7 @@ from entrypoints.cli import parse_config
 from protocol.scoreboard import load_targets
 from protocol.tracking.runs import EXPERIMENT_NAME
 from protocol.tracking.stages.ablation import AblationConfig
-from protocol.training.ablation import VARIANTS
+from protocol.training.ablation import DEFAULT_VARIANTS, SWITCHES, VARIANTS
 from tests.e2e.conftest import TINY_PIPELINE_PARAMS, copy_store, mlflow_run, pipeline_env
 
 pytestmark = pytest.mark.e2e
@@ -33,7 +33,7 @@ def test_the_pipeline_ablation_step_trains_every_variant_and_seed_as_child_runs_
 
     doc = json.loads((pipeline_store.work_dir / "ablation" / "ablation.json").read_text())
     metrics = [t.metric for t in load_targets().targets]
-    assert set(doc["variants"]) == set(VARIANTS)
+    assert set(doc["variants"]) == set(DEFAULT_VARIANTS)
     for by_metric in doc["variants"].values():
         assert set(by_metric) == set(metrics)
         for summary in by_metric.values():
@@ -59,13 +59,12 @@ def test_the_pipeline_ablation_step_trains_every_variant_and_seed_as_child_runs_
         run_id=parent.info.run_id, artifact_path="ablation.json", dst_path=str(tmp_path / "dl"))).read_text()) == doc
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted((c.data.tags["variant"], c.data.tags["seed"]) for c in children) == sorted(
-        (v, s) for v in VARIANTS for s in SEEDS)
+        (v, s) for v in DEFAULT_VARIANTS for s in SEEDS)
     for child in children:
         tags, params = child.data.tags, child.data.params
         assert child.info.run_name == f"ablation · {tags['variant']} · seed {tags['seed']}"
         assert params["seed"] == tags["seed"]
-        assert [params[s] for s in ("attribute_heads", "balanced_sampling", "hard_negatives")] == \
-            [str(on) for on in VARIANTS[tags["variant"]].values()]
+        assert [params[s] for s in SWITCHES] == [str(VARIANTS[tags["variant"]][s]) for s in SWITCHES]
         assert f"test.{metrics[0]}" in child.data.metrics
     per_seed = sorted(100 * c.data.metrics[f"test.{metrics[0]}"] for c in children if c.data.tags["variant"] == "full")
     assert sorted(full["per_seed"]) == pytest.approx(per_seed)

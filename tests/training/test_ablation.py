@@ -9,7 +9,7 @@ import pytest
 from protocol.scoreboard import load_targets, paired_bootstrap
 from protocol.tracking.runs import variant_name
 from protocol.training import ablation
-from protocol.training.ablation import VARIANTS, VariantRun, parse_seeds, parse_variants, summarize, variant_config
+from protocol.training.ablation import DEFAULT_VARIANTS, VARIANTS, VariantRun, parse_seeds, parse_variants, summarize, variant_config
 from protocol.training.config import TrainConfig
 
 TARGET = load_targets().targets[0].metric
@@ -17,7 +17,8 @@ EVIDENCE = dict(resamples=2000, seed=0, confidence=0.95)
 
 
 def test_each_variant_switches_on_one_part_over_plain_and_is_named_as_a_train_run_would_be():
-    assert list(VARIANTS) == ["plain", "+attribute_heads", "+balanced_sampling", "+hard_negatives", "full"]
+    assert list(DEFAULT_VARIANTS) == ["plain", "+attribute_heads", "+balanced_sampling", "+hard_negatives", "full"]
+    assert list(VARIANTS) == [*DEFAULT_VARIANTS, "+graded_pairs"]  # asked for by name only
     base = TrainConfig(lr=3e-4)
     for variant in VARIANTS:
         cfg = variant_config(base, variant, 2)

@@ -1,116 +1,250 @@
-"""Step inputs: epoch-wide draws and per-step plans equal what the step-by-step construction gives."""
+"""What a step draws and learns from: pair types in the file's mix, graded targets, negatives both ways."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from protocol.model.losses import IGNORE_INDEX, SoftTargets, positive_mask
+from protocol.data.pair_generator import PairMix, generate_pairs
+from protocol.model.losses import IGNORE_INDEX
 from protocol.model.protocol_model import HeadsConfig, ProtocolHeads
 from protocol.model.sampler import BalancedBatchSampler
-from protocol.training.batches import EmbeddingBank, StepPlanner, build_training_data, draw_batch, draw_epoch
+from protocol.training.batches import UNIFORM_RELEVANCE, EmbeddingBank, Relevance, StepPlanner, draw_epoch
 from protocol.training.config import TrainConfig
+from protocol.training.data import (
+    CONTRADICTION_ATTRIBUTES, NEGATIVE_TYPES, PARTNER_TYPES, Csr, TypedPool, build_training_data,
+    confident_group_codes,
+)
 from protocol.training.synthetic import synthetic_training_set
 
+BATCH, STEPS = 32, 40
+
+
+def training_data(s, pairs=None, **kwargs):
+    return build_training_data(s.features, s.meta, s.pairs if pairs is None else pairs, s.hard_negatives, s.groups,
+                               attribute_heads=True, min_group_confidence=0.5, **kwargs)
+
 
 @pytest.fixture(scope="module")
-def data():
-    s = synthetic_training_set(n_products=120, dim=16, n_pairs=1200, seed=3)
-    return s, build_training_data(s.features, s.meta, s.pairs, s.hard_negatives, attribute_heads=True)
+def synthetic():
+    return synthetic_training_set(n_products=200, dim=16, n_pairs=4000, seed=3)
 
 
 @pytest.fixture(scope="module")
-def batches(data):
-    s, training = data
-    sampler = BalancedBatchSampler(s.meta, training.train_rows, 24, 12, TrainConfig().sampler_config(), seed=5)
-    return sampler.epoch_batches(0)
+def data(synthetic):
+    return training_data(synthetic)
 
 
-@pytest.mark.parametrize("n_partners, n_negatives", [(1, 2), (0, 3), (1, 0), (0, 0)])
-def test_draw_epoch_makes_the_draws_of_draw_batch_step_by_step(data, batches, n_partners, n_negatives):
-    _, training = data
-    draws = draw_epoch(batches, training, n_partners, n_negatives, np.random.default_rng([7, 1, 1]))
-    rng = np.random.default_rng([7, 1, 1])
-    for step, anchors in enumerate(batches):
-        batch = draw_batch(anchors, training, n_partners, n_negatives, rng)
-        has = np.flatnonzero(draws.partners[step] >= 0)
-        assert np.array_equal(has, batch.partner_of.numpy())
-        assert np.array_equal(draws.partners[step][has], batch.partners.numpy())
-        negatives = draws.negatives[step]
-        assert np.array_equal(negatives[negatives >= 0], batch.negatives.numpy())
-    assert rng.random() == np.random.default_rng([7, 1, 1]).random(draws.partners.size * n_partners
-                                                                     + draws.negatives.size + 1)[-1]
-    if n_partners:
-        assert (draws.partners >= 0).any()
-    if n_negatives:
-        assert (draws.negatives >= 0).any()
+def epoch_draws(s, training, epochs=4, n_negatives=2, balanced=True):
+    """The draws of several epochs of the real sampler, fitted as the trainer fits them."""
+    config = dataclasses.replace(TrainConfig().sampler_config(), balanced=balanced)
+    sampler = BalancedBatchSampler(s.meta, training.train_rows, BATCH, STEPS, config, seed=5)
+    training.partners.fit(sampler.rows, sampler.probs)
+    training.negatives.fit(sampler.rows, sampler.probs)
+    anchors = np.concatenate([sampler.epoch_batches(e) for e in range(epochs)])
+    return anchors, draw_epoch(anchors, training, 1, n_negatives, np.random.default_rng(0))
 
 
-def reference_targets(training, batch, group_positives: bool, fusion: bool):
-    """The masks as the training step used to build them, with positive_mask on tensors."""
-    a, partners, extra = batch.anchors, batch.partners, torch.cat([batch.partners, batch.negatives])
-    groups = training.groups
-
-    def positives(rows, cols):
-        return positive_mask(rows, cols, groups[rows], groups[cols]) if group_positives else positive_mask(rows, cols)
-
-    batch_positives = positives(a, a)
-    extra_positives = positives(a, extra)
-    extra_positives[batch.partner_of, torch.arange(len(partners))] = True
-    columns = torch.cat([batch_positives, extra_positives], dim=1)
-    out = {"t2i": SoftTargets.from_mask(columns.numpy()), "i2t": SoftTargets.from_mask(batch_positives.T.numpy())}
-    if fusion and len(partners):
-        self_mask = positive_mask(a, torch.cat([a, partners]))
-        out["fusion_exclude"] = self_mask
-        out["fusion"] = SoftTargets.from_mask((columns[:, : len(a) + len(partners)] & ~self_mask).numpy())
-    return out
+def drawn_shares(draws, training) -> tuple[dict, dict]:
+    return (draws.shares(training.partners.types, draws.partner_types),
+            draws.shares(training.negatives.types, draws.negative_types))
 
 
-def same_targets(a: SoftTargets, b: SoftTargets) -> bool:
-    def same(x, y):
-        return (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
-    return same(a.targets, b.targets) and same(a.rows, b.rows)
+def file_mix(pairs: pd.DataFrame, types) -> dict[str, float]:
+    counts = pairs["pair_type"].value_counts()
+    total = sum(counts.get(t, 0) for t in types)
+    return {t: counts.get(t, 0) / total for t in types}
 
 
-@pytest.mark.parametrize("group_positives", [True, False])
-@pytest.mark.parametrize("fusion", [True, False])
-def test_step_plans_hold_the_targets_of_positive_mask(data, batches, group_positives, fusion):
-    _, training = data
-    planner = StepPlanner(training, group_positives=group_positives, fusion=fusion)
-    draws = draw_epoch(batches, training, 1, 2, np.random.default_rng(0))
-    rng = np.random.default_rng(0)
-    checked_fusion = 0
-    for step, anchors in enumerate(batches):
-        plan = planner.plan(anchors, draws.partners[step], draws.negatives[step])
-        batch = draw_batch(anchors, training, 1, 2, rng)
-        ref = reference_targets(training, batch, group_positives, fusion)
-        assert torch.equal(plan.anchors, batch.anchors) and torch.equal(plan.partners, batch.partners)
-        assert torch.equal(plan.extra_rows, torch.cat([batch.partners, batch.negatives]))
-        assert same_targets(plan.t2i, ref["t2i"]) and same_targets(plan.i2t, ref["i2t"])
-        if "fusion" in ref:
-            checked_fusion += 1
-            assert torch.equal(plan.fusion_exclude, ref["fusion_exclude"])
-            assert same_targets(plan.fusion, ref["fusion"])
-        else:
-            assert plan.fusion is None and plan.fusion_exclude is None
-        for name, labels in training.labels.items():
-            assert torch.equal(plan.labels[name], labels[batch.anchors])
-            assert plan.known[name] == int((labels[batch.anchors] != IGNORE_INDEX).sum())
-    assert checked_fusion == (len(batches) if fusion else 0)
+# A mix this catalog's anchors can carry: strong_attribute pairs exist for ~15% of its anchors,
+# so the default 25% of positives cannot be met (see the next test).
+REACHABLE_MIX = PairMix(strong_group=0.25, strong_attribute=0.05, medium=0.2, weak=0.15, hard_mined=0.15,
+                        hard_attribute=0.1, easy=0.1)
 
 
-def test_bank_take_by_position_is_lookup_by_row(data, batches):
-    _, training = data
+@pytest.fixture(scope="module")
+def reachable(synthetic):
+    pairs, _ = generate_pairs(synthetic.meta, synthetic.groups, synthetic.hard_negatives, mix=REACHABLE_MIX,
+                              n_pairs=4000, seed=3)
+    return pairs, training_data(synthetic, pairs)
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_drawn_partners_and_negatives_arrive_in_the_files_mix_within_two_points(synthetic, reachable, balanced):
+    pairs, training = reachable
+    _, draws = epoch_draws(synthetic, training, balanced=balanced)
+    partners, negatives = drawn_shares(draws, training)
+    for got, want in ((partners, file_mix(pairs, PARTNER_TYPES)), (negatives, file_mix(pairs, NEGATIVE_TYPES))):
+        assert got.keys() == want.keys()
+        for t in want:
+            assert abs(got[t] - want[t]) <= 0.02, (t, got, want)
+
+
+def test_a_type_on_too_few_anchors_gets_what_they_can_carry_and_is_reported(synthetic, data, caplog):
+    with caplog.at_level("WARNING", logger="protocol.training.data"):
+        _, draws = epoch_draws(synthetic, data)
+    partners, _ = drawn_shares(draws, data)
+    want = file_mix(synthetic.pairs, PARTNER_TYPES)
+    covered = data.partners.available(data.train_rows)[:, PARTNER_TYPES.index("strong_attribute")].mean()
+    assert covered < want["strong_attribute"]  # the balanced anchors cannot all carry one
+    assert partners["strong_attribute"] < want["strong_attribute"] - 0.05
+    assert "pair type strong_attribute:" in caplog.text and "of the file" in caplog.text
+    assert partners["strong_attribute"] > 0.5 * covered  # its anchors draw it whenever they can
+
+
+def test_changing_the_mix_changes_what_training_sees(synthetic):
+    heavy_weak = PairMix(strong_group=0.05, strong_attribute=0.05, medium=0.10, weak=0.45, hard_mined=0.10,
+                         hard_attribute=0.05, easy=0.20)
+    pairs, _ = generate_pairs(synthetic.meta, synthetic.groups, synthetic.hard_negatives, mix=heavy_weak,
+                              n_pairs=4000, seed=3)
+    default_partners, default_negatives = drawn_shares(epoch_draws(synthetic, training_data(synthetic))[1],
+                                                       training_data(synthetic))
+    other = training_data(synthetic, pairs)
+    partners, negatives = drawn_shares(epoch_draws(synthetic, other)[1], other)
+    assert partners["weak"] > default_partners["weak"] + 0.3
+    assert negatives["easy"] > default_negatives["easy"] + 0.2
+
+
+def test_type_choice_is_fitted_to_the_anchor_distribution_by_hand():
+    # Anchors 0 and 1 have pairs of both types, anchor 2 only of type b. Target a:b = 1:1 with
+    # anchors drawn evenly: anchor 2 always takes b (1/3 of draws), so anchors 0 and 1 must take
+    # a with probability 3/4 for an even split: (2/3 * 3/4 = 1/2).
+    a = Csr.from_edges(np.array([0, 1]), np.array([3, 3]), 4)
+    b = Csr.from_edges(np.array([0, 1, 2]), np.array([3, 3, 3]), 4)
+    pool = TypedPool(("a", "b"), (a, b), np.array([0.5, 0.5]))
+    shares = pool.fit(np.arange(3), np.full(3, 1 / 3))
+    assert shares == pytest.approx({"a": 0.5, "b": 0.5}, abs=1e-6)
+    assert pool.choice[:3, 0] == pytest.approx([0.75, 0.75, 0.0], abs=1e-6)
+    assert pool.choice[3].tolist() == [0.0, 0.0]  # row 3 anchors nothing
+    other, kind = pool.draw(np.array([0, 0, 2, 3]), np.array([[0.1, 0.5], [0.9, 0.5], [0.1, 0.5], [0.5, 0.5]]))
+    assert kind.tolist() == [0, 1, 1, -1] and other.tolist() == [3, 3, 3, -1]
+
+
+def test_a_type_no_anchor_has_leaves_its_share_to_the_others():
+    a = Csr.from_edges(np.array([0]), np.array([1]), 2)
+    empty = Csr.from_edges(np.zeros(0, np.int64), np.zeros(0, np.int64), 2)
+    pool = TypedPool(("a", "b"), (a, empty), np.array([0.5, 0.5]))
+    assert pool.fit(np.array([0]), np.array([1.0])) == pytest.approx({"a": 1.0, "b": 0.0})
+
+
+def test_repeated_pairs_are_drawn_as_often_as_the_file_lists_them():
+    csr = Csr.from_edges(np.array([0, 0, 0, 0]), np.array([1, 1, 1, 2]), 3)  # 0-1 listed three times
+    picks = csr.pick(np.zeros(4000, np.int64), np.random.default_rng(0).random(4000))
+    assert np.mean(picks == 1) == pytest.approx(0.75, abs=0.03)
+
+
+def plan_of(training, relevance, anchors, partners, partner_types, negatives=(), negative_types=()):
+    planner = StepPlanner(training, relevance=relevance, group_positives=False, fusion=True)
+    return planner.plan(np.asarray(anchors), np.asarray(partners), np.asarray(partner_types),
+                        np.asarray(negatives, dtype=np.int64), np.asarray(negative_types, dtype=np.int64))
+
+
+def test_a_contradicting_positive_is_down_weighted_in_the_targets(synthetic, data):
+    neckline = CONTRADICTION_ATTRIBUTES.index("neckline")
+    codes, train = data.attribute_codes, data.train_rows
+
+    def contradictions(r, anchor):
+        return int(((codes[r] >= 0) & (codes[anchor] >= 0) & (codes[r] != codes[anchor])).sum())
+
+    anchor = next(r for r in train if (codes[r] >= 0).all())
+    agree = next(r for r in train if r != anchor and contradictions(r, anchor) == 0)
+    contra = next(r for r in train if codes[r][neckline] >= 0 and codes[r][neckline] != codes[anchor][neckline])
+    k = contradictions(contra, anchor)
+    medium = PARTNER_TYPES.index("medium")
+    relevance = Relevance()
+    plan = plan_of(data, relevance, [anchor, anchor], [agree, contra], [medium, medium])
+    # columns: the two anchors (the same item), then the two partners
+    assert plan.weights[0, 2] == pytest.approx(relevance.medium)
+    assert k >= 1 and plan.weights[1, 3] == pytest.approx(relevance.medium * relevance.contradiction_factor)
+    assert plan.weights[0, 0] == 1.0  # the item's own image weighs most
+    target = plan.targets.targets.numpy()
+    assert target[1, 3] < target[0, 2] < target[0, 0]
+    uniform = plan_of(data, UNIFORM_RELEVANCE, [anchor, anchor], [agree, contra], [medium, medium])
+    assert uniform.weights[0, 2] == uniform.weights[1, 3] == 1.0  # plain InfoNCE: every positive alike
+
+
+def test_graded_relevance_follows_the_pair_type(data):
+    rows = data.train_rows[:len(PARTNER_TYPES) * 2]
+    anchors, partners = rows[: len(PARTNER_TYPES)], rows[len(PARTNER_TYPES):]
+    plan = plan_of(data, Relevance(contradiction_factor=1.0), anchors, partners, np.arange(len(PARTNER_TYPES)))
+    n = len(anchors)
+    got = [plan.weights[i, n + i] for i in range(n)]
+    assert got == pytest.approx([getattr(Relevance(), t) for t in PARTNER_TYPES])
+
+
+def test_image_to_text_negatives_put_the_extra_items_texts_on_the_image_side(synthetic, data):
+    anchors, draws = epoch_draws(synthetic, data, epochs=1)
+    step = (anchors[0], draws.partners[0], draws.partner_types[0], draws.negatives[0], draws.negative_types[0])
+    both = StepPlanner(data, relevance=Relevance(), group_positives=True, fusion=False, text_negatives=True).plan(*step)
+    one = StepPlanner(data, relevance=Relevance(), group_positives=True, fusion=False).plan(*step)
+    n_columns = BATCH + len(both.extra_rows)
+    assert both.i2t_targets.targets.shape[1] == n_columns and torch.equal(both.i2t_targets.targets,
+                                                                            both.targets.targets)
+    assert one.i2t_targets.targets.shape[1] == BATCH  # the batch's texts only
+    assert one.targets.targets.shape[1] == n_columns  # the negatives' images stay text -> image columns
+
+
+def test_easy_and_hard_negatives_join_a_steps_columns(synthetic, data):
+    anchors, draws = epoch_draws(synthetic, data)
+    planner = StepPlanner(data, relevance=Relevance(), group_positives=True, fusion=False, text_negatives=True)
+    seen = set()
+    for i in range(8):
+        plan = planner.plan(anchors[i], draws.partners[i], draws.partner_types[i], draws.negatives[i],
+                            draws.negative_types[i])
+        negative_columns = slice(BATCH + plan.n_partners, None)
+        seen |= {NEGATIVE_TYPES[t] for t in plan.negative_types}
+        assert len(plan.extra_rows) == plan.n_partners + len(plan.negative_types)
+        # a negative is never the anchor's positive: its columns weigh 0 in the anchor's targets
+        anchor_rows = np.arange(BATCH)
+        negatives = plan.extra_rows[plan.n_partners:].numpy()
+        owners = np.repeat(anchor_rows, 2)[draws.negatives[i] >= 0]
+        assert (plan.weights[owners, BATCH + plan.n_partners + np.arange(len(negatives))] == 0).all()
+        assert plan.weights[:, negative_columns].shape[1] == len(negatives)
+    assert seen == set(NEGATIVE_TYPES)
+
+
+def test_group_positives_only_from_groups_above_min_confidence():
+    meta = pd.DataFrame({"item_id": ["a", "b", "c", "d", "e"]})
+    groups = pd.DataFrame({"item_id": ["a", "b", "c", "d", "e"], "group_id": ["G1", "G1", "G2", "G2", ""],
+                           "confidence": [0.9, 0.9, 0.4, 0.4, 0.0]})
+    codes = confident_group_codes(meta, groups, min_confidence=0.5)
+    assert codes[0] == codes[1]  # a confident group
+    assert len({codes[2], codes[3], codes[4], codes[0]}) == 4  # the others are alone
+    assert len(set(confident_group_codes(meta, groups, min_confidence=0.3)[:4])) == 2
+    assert len(set(confident_group_codes(meta, None, min_confidence=0.5))) == 5
+    with pytest.raises(ValueError, match="confidence"):
+        confident_group_codes(meta, groups.drop(columns="confidence"), 0.5)
+
+
+def test_pairs_of_an_unknown_type_or_the_wrong_label_are_refused(synthetic):
+    bad = synthetic.pairs.copy()
+    bad.loc[0, "pair_type"] = "sideways"
+    with pytest.raises(ValueError, match="unknown type"):
+        training_data(synthetic, bad)
+    flipped = synthetic.pairs.copy()
+    row = int(np.flatnonzero(flipped["pair_type"] == "medium")[0])
+    flipped.loc[row, "label"] = 0
+    with pytest.raises(ValueError, match=f"row {row}: pair_type 'medium' with label 0"):
+        training_data(synthetic, flipped)
+
+
+def test_bank_takes_the_embeddings_of_the_extra_rows(synthetic, data):
     heads = ProtocolHeads(HeadsConfig(in_dim=16, out_dim=16, hidden_dim=8))
     torch.nn.init.normal_(heads.image_head.residual[-1].weight)
-    bank = EmbeddingBank(training, refresh_every=5, with_text=True)
+    bank = EmbeddingBank(data, refresh_every=5)
     bank.refresh(heads)
-    planner = StepPlanner(training, group_positives=True, fusion=True, bank=bank)
-    draws = draw_epoch(batches, training, 1, 2, np.random.default_rng(1))
-    plan = planner.plan(batches[0], draws.partners[0], draws.negatives[0])
-    image, text = bank.take(plan.bank_extra, plan.bank_partners)
-    ref_image, ref_text = bank.lookup(plan.extra_rows, plan.partners)
-    assert torch.equal(image, ref_image) and torch.equal(text, ref_text)
-    expected = heads.embed_numpy(training.image[plan.extra_rows].numpy(), None)[0]
-    assert np.array_equal(image.numpy(), expected)
+    planner = StepPlanner(data, relevance=Relevance(), group_positives=True, fusion=True, bank=bank)
+    anchors, draws = epoch_draws(synthetic, data, epochs=1)
+    plan = planner.plan(anchors[0], draws.partners[0], draws.partner_types[0], draws.negatives[0],
+                        draws.negative_types[0])
+    image, text = bank.take(plan.bank_extra)
+    rows = plan.extra_rows.numpy()
+    expected_image, expected_text = heads.embed_numpy(data.image[rows].numpy(), data.text[rows].numpy())
+    assert np.array_equal(image.numpy(), expected_image) and np.array_equal(text.numpy(), expected_text)
+    for name, labels in data.labels.items():
+        assert torch.equal(plan.labels[name], labels[plan.anchors])
+        assert plan.known[name] == int((labels[plan.anchors] != IGNORE_INDEX).sum())

@@ -21,7 +21,8 @@ from protocol.model.protocol_model import ProtocolHeads
 from protocol.training.checkpoint import load_checkpoint
 from protocol.training.config import TrainConfig
 from protocol.training.synthetic import synthetic_training_set
-from protocol.training.train import TrainingDivergedError, clip_grads_, grad_norm, train
+from protocol.training.optim import clip_grads_, grad_norm
+from protocol.training.train import TrainingDivergedError, train
 
 CFG = TrainConfig(epochs=3, batch_size=32, lr=1e-3, warmup_fraction=0.1, num_threads=1, log_every=10,
                   val_max_queries=500)
@@ -65,12 +66,13 @@ def data():
 def full_run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
     recorder = RecordingLogger()
-    result = train(CFG, data.features, data.meta, data.pairs, data.hard_negatives, out, logger=recorder)
+    result = train(CFG, data.features, data.meta, data.pairs, data.hard_negatives, out, groups=data.groups,
+                   logger=recorder)
     return result, out, recorder
 
 
 def run(data, out, cfg=CFG, **kwargs):
-    return train(cfg, data.features, data.meta, data.pairs, data.hard_negatives, out, **kwargs)
+    return train(cfg, data.features, data.meta, data.pairs, data.hard_negatives, out, groups=data.groups, **kwargs)
 
 
 def state_of(heads: ProtocolHeads) -> dict[str, torch.Tensor]:
@@ -173,7 +175,8 @@ def test_huge_lr_from_the_start_diverges_before_any_checkpoint(data, tmp_path):
 
 
 def test_plain_infonce_ablation_really_turns_the_features_off(data, tmp_path):
-    plain = dataclasses.replace(CFG, epochs=1, attribute_heads=False, balanced_sampling=False, hard_negatives=False)
+    plain = dataclasses.replace(CFG, epochs=1, attribute_heads=False, balanced_sampling=False, hard_negatives=False,
+                                graded_pairs=False)
     recorder = RecordingLogger()
     with_negatives = train(plain, data.features, data.meta, data.pairs, data.hard_negatives, tmp_path / "a",
                            logger=recorder)
@@ -186,6 +189,23 @@ def test_plain_infonce_ablation_really_turns_the_features_off(data, tmp_path):
     table = recorder.tables["sampler/mix_epoch_001.json"].set_index("group")
     natural = (data.meta.loc[data.meta["split"] == "train", "category2"] == "cardigans").mean()
     assert table.loc["category2=cardigans", "target_share"] == pytest.approx(natural)  # no oversampling
+
+
+def test_changing_the_pair_mix_changes_the_trained_model(data, tmp_path):
+    from protocol.data.pair_generator import PairMix, generate_pairs
+
+    cfg = dataclasses.replace(CFG, epochs=1, steps_per_epoch=20)
+    weak_heavy, _ = generate_pairs(data.meta, data.groups, data.hard_negatives, n_pairs=len(data.pairs), seed=0,
+                                   mix=PairMix(strong_group=0.05, strong_attribute=0.05, medium=0.05, weak=0.5,
+                                               hard_mined=0.1, hard_attribute=0.05, easy=0.2))
+    default = run(data, tmp_path / "default", cfg)
+    other = run(dataclasses.replace(data, pairs=weak_heavy), tmp_path / "weak", cfg)
+    assert other.history[0]["train"]["partner_share.weak"] > default.history[0]["train"]["partner_share.weak"] + 0.3
+    changed = [name for name, tensor in state_of(default.heads).items()
+               if not torch.equal(state_of(other.heads)[name], tensor)]
+    assert changed  # same seed, same steps: only the mix differs
+    again = run(data, tmp_path / "again", cfg)
+    assert all(torch.equal(state_of(again.heads)[n], t) for n, t in state_of(default.heads).items())
 
 
 def test_resume_refuses_another_config_or_backbone(data, tmp_path):
@@ -206,7 +226,7 @@ def test_bad_inputs_are_named(data, tmp_path):
     stray = data.pairs.copy()
     stray.loc[0, "other_id"] = "no-such-item"
     with pytest.raises(ValueError, match="pairs.parquet column 'other_id'.*no-such-item"):
-        run(data.__class__(data.features, data.meta, stray, data.hard_negatives), tmp_path)
+        run(dataclasses.replace(data, pairs=stray), tmp_path)
     with pytest.raises(ValueError, match="same dataset row order"):
         train(CFG, data.features, data.meta.iloc[::-1].reset_index(drop=True), data.pairs, None, tmp_path)
     with pytest.raises(ValueError, match="primary_metric 't2i.nothing.p10'"):
@@ -234,7 +254,11 @@ def test_epoch_means_are_the_means_of_the_logged_step_values(data, tmp_path):
     assert len(steps) == result.history[0]["step"]
     means = result.history[0]["train"]
     assert {"loss", "t2i", "i2t", "contrastive", "attribute", "fusion", "acc.neckline", "attr.neckline"} <= set(means)
+    shares = {k: v for k, v in means.items() if k.startswith(("partner_share.", "negative_share."))}
+    assert sum(v for k, v in shares.items() if k.startswith("partner")) == pytest.approx(1.0)
     for name, mean in means.items():
+        if name in shares:  # what the epoch drew, not a step value
+            continue
         total = 0.0
         for values in steps:
             total += values.get(f"train.{name}", 0.0)

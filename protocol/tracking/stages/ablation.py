@@ -18,10 +18,10 @@ import math
 from dataclasses import dataclass, field
 
 from protocol.retrieval.evaluation import EvalConfigMixin
-from protocol.training.ablation import VARIANT_FIELDS, VARIANTS, parse_seeds, parse_variants
+from protocol.training.ablation import DEFAULT_VARIANTS, VARIANT_FIELDS, VARIANTS, parse_seeds, parse_variants
 from protocol.training.config import TrainConfig
 from protocol.tracking.runs import config_params, describe_run, resolve_input, stage_run
-from protocol.tracking.stages.train import TrainStageConfig
+from protocol.tracking.stages.train import TrainStageConfig, read_supervision
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,10 @@ class AblationConfig(TrainConfig):
     pairs: str = field(default=TrainStageConfig.pairs, metadata={"help": "pairs.parquet path or runs:/ URI"})
     hard_negatives_path: str = field(default=TrainStageConfig.hard_negatives_path,
                                      metadata={"help": "hard_negatives.parquet path or runs:/ URI"})
+    groups: str = field(default=TrainStageConfig.groups, metadata={"help": "groups.json path or runs:/ URI"})
     cache_dir: str = field(default=TrainStageConfig.cache_dir, metadata={"help": "feature cache directory"})
     seeds: str = field(default="0,1,2", metadata={"help": "training seeds, comma-separated"})
-    variants: str = field(default=",".join(VARIANTS), metadata={"help": "variants to train, comma-separated"})
+    variants: str = field(default=",".join(DEFAULT_VARIANTS), metadata={"help": "variants to train, comma-separated"})
     catalog_splits: str = field(default=EvalConfigMixin.catalog_splits,
                                 metadata={"help": "splits that form the catalog"})
     query_split: str = field(default=EvalConfigMixin.query_split,
@@ -80,8 +81,6 @@ class AblationConfig(TrainConfig):
 
 
 def run_ablation(cfg: AblationConfig) -> dict:
-    from protocol.data.hard_negatives import read_hard_negatives
-    from protocol.data.pair_generator import read_pairs
     from protocol.data.processed import load_processed
     from protocol.model.backbone import check_fingerprint
     from protocol.model.features import load_features
@@ -113,9 +112,9 @@ def run_ablation(cfg: AblationConfig) -> dict:
         logger.set_tags({**fingerprints, "variants": ",".join(variants), "seeds": ",".join(map(str, seeds))})
         logger.log_dataset(processed, context="training")
         features = load_features(cfg.cache_dir, processed.fingerprint, backbone_fp)  # never the backbone
-        pairs, _ = read_pairs(resolve_input(cfg.pairs, "pairs"), dataset=processed.fingerprint, backbone=backbone_fp)
-        negatives, _ = read_hard_negatives(resolve_input(cfg.hard_negatives_path, "hard_negatives_path"),
-                                           dataset=processed.fingerprint, backbone=backbone_fp)
+        # every variant's switches are its own, so the base reads every file a variant may use
+        pairs, negatives, groups = read_supervision(
+            dataclasses.replace(cfg, hard_negatives=True, use_group_positives=True), processed.fingerprint, backbone_fp)
         out = logger.output_dir
 
         runs = []
@@ -125,9 +124,8 @@ def run_ablation(cfg: AblationConfig) -> dict:
                 name, tags = describe_run("ablation", train_cfg)  # `ablation · full · seed 1`, variant and seed
                 with stage_run(CHILD_STAGE, train_cfg, run_name=name) as child:
                     child.set_tags({**tags, **fingerprints})
-                    result = train(train_cfg, features, processed.meta, pairs,
-                                   negatives if train_cfg.hard_negatives else None,  # as the train stage reads them
-                                   out / ablation.variant_slug(variant) / f"seed_{seed}", logger=child)
+                    result = train(train_cfg, features, processed.meta, pairs, negatives,
+                                   out / ablation.variant_slug(variant) / f"seed_{seed}", groups=groups, logger=child)
                     if result.best_path is None:
                         raise RuntimeError(f"ablation {variant} seed {seed}: training wrote no best checkpoint")
                     # as the evaluate stage does: the best validation epoch's heads over every cached row

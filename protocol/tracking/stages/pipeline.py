@@ -56,6 +56,7 @@ class PipelineConfig:
     attribute_heads: bool = True
     balanced_sampling: bool = True
     hard_negatives: bool = True
+    graded_pairs: bool = True
     max_queries: int | None = None
     ablation: bool = field(default=False, metadata={"help": "also run the ablation (every variant x seed) after train"})
     ablation_seeds: str = field(default=AblationConfig.seeds, metadata={"help": "the ablation step's training seeds"})
@@ -129,13 +130,15 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             output_dir=f"{w}/pairs"), run_pairs)
         train = step("train", TrainStageConfig(
             prepared=prepared, catalog=catalog, pairs=run_artifact_uri(pairs, "pairs/pairs.parquet"),
-            hard_negatives_path=run_artifact_uri(mine, "hard_negatives.parquet"), cache_dir=cache_dir,
+            hard_negatives_path=run_artifact_uri(mine, "hard_negatives.parquet"),
+            groups=run_artifact_uri(groups, "groups/groups.json"), cache_dir=cache_dir,
             epochs=cfg.epochs, attribute_heads=cfg.attribute_heads, balanced_sampling=cfg.balanced_sampling,
-            hard_negatives=cfg.hard_negatives, output_dir=f"{w}/train"), run_train)
+            hard_negatives=cfg.hard_negatives, graded_pairs=cfg.graded_pairs, output_dir=f"{w}/train"), run_train)
         if cfg.ablation:
             step("ablation", AblationConfig(
                 prepared=prepared, catalog=catalog, pairs=run_artifact_uri(pairs, "pairs/pairs.parquet"),
-                hard_negatives_path=run_artifact_uri(mine, "hard_negatives.parquet"), cache_dir=cache_dir,
+                hard_negatives_path=run_artifact_uri(mine, "hard_negatives.parquet"),
+                groups=run_artifact_uri(groups, "groups/groups.json"), cache_dir=cache_dir,
                 epochs=cfg.epochs, seeds=cfg.ablation_seeds, max_queries=cfg.max_queries,
                 output_dir=f"{w}/ablation"), run_ablation)
         step("evaluate", EvaluateConfig(

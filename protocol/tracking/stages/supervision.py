@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protocol.data.group_audit import MIN_GROUP_CONFIDENCE
 from protocol.data.pair_generator import PairMix
 from protocol.tracking.runs import resolve_input, stage_run
 
@@ -114,7 +115,7 @@ class GroupsConfig:
     """Product groups: source product ids, else id-suffix / url-stem / SKU heuristics, with an audit."""
 
     prepared: str = field(default="outputs/prepared/latest", metadata=PREPARED_HELP)
-    min_confidence: float = field(default=0.5, metadata={"help": "confidence a group key needs to be used"})
+    min_confidence: float = field(default=MIN_GROUP_CONFIDENCE, metadata={"help": "confidence a group key needs to be used"})
     spot_check: int = field(default=20, metadata={"help": "groups in the spot-check sample"})
     seed: int = 0
     output_dir: str = "outputs/groups"
@@ -226,7 +227,7 @@ class PairsConfig:
     hard_mined: float = PairMix.hard_mined
     hard_attribute: float = PairMix.hard_attribute
     easy: float = PairMix.easy
-    min_group_confidence: float = 0.5
+    min_group_confidence: float = MIN_GROUP_CONFIDENCE
     seed: int = 0
     output_dir: str = "outputs/pairs"
 

@@ -37,6 +37,8 @@ class TrainStageConfig(TrainConfig):
     pairs: str = field(default="outputs/pairs/latest/pairs.parquet", metadata={"help": "pairs.parquet path or runs:/ URI"})
     hard_negatives_path: str = field(default="outputs/mine/latest/hard_negatives.parquet",
                                      metadata={"help": "hard_negatives.parquet path or runs:/ URI"})
+    groups: str = field(default="outputs/groups/latest/groups.json",
+                        metadata={"help": "groups.json path or runs:/ URI (in-batch product-group positives)"})
     cache_dir: str = field(default="outputs/feature_cache", metadata={"help": "feature cache directory"})
     resume: str = field(default="", metadata={"help": "checkpoint of an interrupted run to continue"})
     register: bool = field(default=True, metadata={"help": "register the trained model as @candidate"})
@@ -47,9 +49,24 @@ class TrainStageConfig(TrainConfig):
         return TrainConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
 
 
-def run_train(cfg: TrainStageConfig) -> dict:
+def read_supervision(cfg, dataset_fp: str, backbone_fp: str):
+    """(pairs, hard negatives or None, groups or None) that `cfg` (a train or ablation config) names.
+
+    Supervision made from another dataset or backbone than the features is refused, by file.
+    Files a switched-off part does not use are not read."""
+    from protocol.data.group_audit import read_groups_json
     from protocol.data.hard_negatives import read_hard_negatives
     from protocol.data.pair_generator import read_pairs
+
+    pairs, _ = read_pairs(resolve_input(cfg.pairs, "pairs"), dataset=dataset_fp, backbone=backbone_fp)
+    negatives = (read_hard_negatives(resolve_input(cfg.hard_negatives_path, "hard_negatives_path"),
+                                     dataset=dataset_fp, backbone=backbone_fp)[0] if cfg.hard_negatives else None)
+    groups = (read_groups_json(resolve_input(cfg.groups, "groups"), dataset=dataset_fp)
+              if cfg.use_group_positives else None)
+    return pairs, negatives, groups
+
+
+def run_train(cfg: TrainStageConfig) -> dict:
     from protocol.data.processed import load_processed
     from protocol.model.backbone import check_fingerprint
     from protocol.model.features import load_features
@@ -65,14 +82,10 @@ def run_train(cfg: TrainStageConfig) -> dict:
         logger.set_tags({"dataset.fingerprint": processed.fingerprint, "backbone.fingerprint": backbone_fp})
         logger.log_dataset(processed, context="training")
         features = load_features(cfg.cache_dir, processed.fingerprint, backbone_fp)  # training never runs the backbone
-        # supervision made from another dataset or backbone than these features is refused, by file
-        pairs, _ = read_pairs(resolve_input(cfg.pairs, "pairs"), dataset=processed.fingerprint, backbone=backbone_fp)
-        negatives = (read_hard_negatives(resolve_input(cfg.hard_negatives_path, "hard_negatives_path"),
-                                         dataset=processed.fingerprint, backbone=backbone_fp)[0]
-                     if cfg.hard_negatives else None)
+        pairs, negatives, groups = read_supervision(cfg, processed.fingerprint, backbone_fp)
         epochs = EpochModels(logger, manifest["model_spec"], processed, features)
         result = train(cfg.train_config(), features, processed.meta, pairs, negatives, logger.output_dir,
-                       logger=logger, resume=resolve_input(cfg.resume, "resume") if cfg.resume else None,
+                       groups=groups, logger=logger, resume=resolve_input(cfg.resume, "resume") if cfg.resume else None,
                        callbacks=TrainCallbacks(on_epoch_end=epochs.on_epoch_end))
         logger.log_metrics({"best.epoch": result.best_epoch or 0, f"best.{cfg.primary_metric}": result.best_metric or 0.0,
                             "trainable_parameters": result.heads.n_trainable_parameters()})
