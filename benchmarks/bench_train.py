@@ -14,8 +14,8 @@ Prints pairs/s, the projected time of 50,000 pairs x 10 epochs (target < 60 s on
 and the cached/backbone step ratio (target >= 100x). The CPU is shared: the load average
 is printed before and after, and ratios measured in the same run are what to compare.
 
-Data: the default data's cached features and pairs (the train stage's default input paths,
-or --prepared/--catalog/--cache-dir/--pairs) when they exist, otherwise synthetic features
+Data: the default data's cached features, pairs and groups (the train stage's default input
+paths, or --prepared/--catalog/--cache-dir/--pairs/--groups) when they exist, otherwise synthetic features
 (1,200 items, D=512) with 50,000 pairs from the real pair generator.
 
     .venv/bin/python benchmarks/bench_train.py [--steps 300] [--threads 1 2]
@@ -46,7 +46,7 @@ def stage_defaults() -> dict[str, str]:
     """Where the pipeline's train stage reads its inputs by default (TrainStageConfig is their one source)."""
     from protocol.tracking.stages.train import TrainStageConfig
 
-    names = ("prepared", "catalog", "cache_dir", "pairs", "hard_negatives_path")
+    names = ("prepared", "catalog", "cache_dir", "pairs", "hard_negatives_path", "groups")
     return {f.name: f.default for f in dataclasses.fields(TrainStageConfig) if f.name in names}
 
 
@@ -54,6 +54,7 @@ def load_data(args):
     """The default data's cached features when the pipeline has produced them, else synthetic ones."""
     paths = [args.prepared, args.catalog, args.cache_dir, args.pairs]
     if all(os.path.exists(p) for p in paths):
+        from protocol.data.group_audit import read_groups_json
         from protocol.data.hard_negatives import read_hard_negatives
         from protocol.data.pair_generator import read_pairs
         from protocol.data.processed import load_processed
@@ -66,15 +67,18 @@ def load_data(args):
         pairs, _ = read_pairs(args.pairs, dataset=processed.fingerprint, backbone=backbone_fp)
         negatives = (read_hard_negatives(args.hard_negatives, dataset=processed.fingerprint, backbone=backbone_fp)[0]
                      if os.path.exists(args.hard_negatives) else None)
-        return features, processed.meta, pairs, negatives, f"cached features of {args.prepared}, {len(pairs)} pairs"
+        groups = (read_groups_json(args.groups, dataset=processed.fingerprint) if os.path.exists(args.groups)
+                  else None)
+        return (features, processed.meta, pairs, negatives, groups,
+                f"cached features of {args.prepared}, {len(pairs)} pairs")
     s = synthetic_training_set(n_products=600, dim=512, n_pairs=50_000, seed=0)
-    return s.features, s.meta, s.pairs, s.hard_negatives, "synthetic (no pipeline outputs found): 50,000 pairs"
+    return s.features, s.meta, s.pairs, s.hard_negatives, s.groups, "synthetic (no pipeline outputs found): 50,000 pairs"
 
 
 def loop_pairs_per_s(cfg: TrainConfig, data) -> float:
-    features, meta, pairs, negatives, _ = data
+    features, meta, pairs, negatives, groups, _ = data
     with tempfile.TemporaryDirectory() as out:
-        result = train(cfg, features, meta, pairs, negatives, out)
+        result = train(cfg, features, meta, pairs, negatives, out, groups=groups)
     return result.history[-1]["pairs_per_s"]
 
 
@@ -139,13 +143,14 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=defaults["cache_dir"], help="feature cache directory")
     parser.add_argument("--pairs", default=defaults["pairs"], help="pairs.parquet")
     parser.add_argument("--hard-negatives", default=defaults["hard_negatives_path"], help="hard_negatives.parquet")
+    parser.add_argument("--groups", default=defaults["groups"], help="groups.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(f"load average before: {os.getloadavg()}")
 
     data = load_data(args)
     features, meta = data[0], data[1]
-    print(f"data: {data[4]}; {len(meta)} items, D={features.image.shape[1]}")
+    print(f"data: {data[5]}; {len(meta)} items, D={features.image.shape[1]}")
     base = TrainConfig(epochs=1, steps_per_epoch=args.steps, batch_size=BATCH, num_threads=args.threads[0])
     results = {}
     for threads in args.threads:  # thread count: cost of OpenMP on a shared CPU vs gain on an idle one
@@ -153,7 +158,9 @@ def main() -> None:
     results[f"fresh extras (bank_refresh_steps=0), {args.threads[0]} thread(s)"] = loop_pairs_per_s(
         replace(base, bank_refresh_steps=0), data)
     results[f"plain InfoNCE ablation, {args.threads[0]} thread(s)"] = loop_pairs_per_s(
-        replace(base, attribute_heads=False, balanced_sampling=False, hard_negatives=False), data)
+        replace(base, attribute_heads=False, balanced_sampling=False, hard_negatives=False, graded_pairs=False), data)
+    results[f"default + image_to_text_negatives, {args.threads[0]} thread(s)"] = loop_pairs_per_s(
+        replace(base, image_to_text_negatives=True), data)
     results[f"default with batch_size=256, {args.threads[0]} thread(s)"] = loop_pairs_per_s(
         replace(base, batch_size=4 * BATCH, steps_per_epoch=max(1, args.steps // 4)), data)
 

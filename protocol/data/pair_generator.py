@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from protocol.data.group_audit import MIN_GROUP_CONFIDENCE
 from protocol.data.hard_negatives import category_mask, known_mask, product_codes
 from protocol.data.pair_pools import Draw, ListPool, RunPool, fill_quota
 from protocol.data.pair_rules import (
@@ -182,7 +183,7 @@ def generate_pairs(
     n_pairs: int = 50_000,
     seed: int = 0,
     splits: Sequence[str] = ("train",),
-    min_group_confidence: float = 0.5,
+    min_group_confidence: float = MIN_GROUP_CONFIDENCE,
     max_repeats: int = 10,
 ) -> tuple[pd.DataFrame, dict]:
     """`n_pairs` pairs of items of `splits` in the proportions of `mix` (PAIR_COLUMNS), and stats.

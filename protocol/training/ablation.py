@@ -12,8 +12,9 @@ adds to the plain adapter, and `full` has them all):
   full                all on (the shipped `train` configuration)
 
 plain still has its pairs.parquet partners, every positive at full weight (multi-positive
-InfoNCE). One at a time rather than cumulative, so each row shows what that one part adds. The names are those `protocol.tracking.runs.variant_name` gives a
-`train` run with the same switches, so an ablation child and a hand-made train run of the
+InfoNCE). One at a time rather than cumulative, so each row shows what that one part adds.
+The names are those `protocol.tracking.runs.variant_name` gives a `train` run with the same
+switches, so an ablation child and a hand-made train run of the
 same configuration carry the same `variant` tag.
 
 Every variant starts from the same base TrainConfig (the caller's), with its switches and

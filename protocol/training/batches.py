@@ -33,7 +33,7 @@ from protocol.training.data import PARTNER_TYPES, TrainingData
 class Relevance:
     """Soft-target weight of each kind of positive, relative to the item's own image (1).
 
-    Defaults: what the ablation (issue 10) measured; see docs/ARCHITECTURE.md, "Training".
+    Why these defaults: docs/ARCHITECTURE.md, "Training defaults".
     """
 
     strong_group: float = 1.0  # another image of the same product (pairs and in-batch group positives)
@@ -46,7 +46,8 @@ class Relevance:
         for name in ("strong_group", "strong_attribute", "medium", "weak", "contradiction_factor"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
-                raise ValueError(f"relevance {name} must be in [0, 1], got {value!r}")
+                field = name if name == "contradiction_factor" else f"relevance_{name}"  # as TrainConfig names it
+                raise ValueError(f"{field} must be in [0, 1] (a weight relative to the item's own image), got {value!r}")
 
     def partner_weights(self) -> np.ndarray:
         """[len(PARTNER_TYPES)] weight of a partner of each type, in PARTNER_TYPES order."""
@@ -65,7 +66,8 @@ class EpochDraws:
     negatives: np.ndarray  # [S, B * n_negatives] negative rows, anchor by anchor
     negative_types: np.ndarray  # [S, B * n_negatives] index in data.negatives.types
 
-    def shares(self, types: tuple[str, ...], drawn: np.ndarray) -> dict[str, float]:
+    @staticmethod
+    def shares(types: tuple[str, ...], drawn: np.ndarray) -> dict[str, float]:
         """Share of each type among the drawn entries of `drawn` (partner_types or negative_types)."""
         kinds = drawn[drawn >= 0]
         counts = np.bincount(kinds, minlength=len(types))
@@ -77,15 +79,18 @@ def draw_epoch(anchors: np.ndarray, data: TrainingData, n_partners: int, n_negat
     """Partners (0 or 1 per anchor) and negatives (`n_negatives` per anchor) for anchors [S, B]."""
     steps, size = anchors.shape
     flat = anchors.reshape(-1)
-    uniform = rng.random((steps * size, n_partners + n_negatives, 2))
+    # two streams: the partners of an epoch are the same whatever n_negatives is (the ablation's
+    # +hard_negatives and plain then differ in the negatives alone)
+    partner_rng, negative_rng = (np.random.default_rng(s) for s in rng.bit_generator.seed_seq.spawn(2))
     if n_partners:
-        partners, partner_types = (x.reshape(steps, size) for x in data.partners.draw(flat, uniform[:, 0]))
+        uniform = partner_rng.random((steps * size, 2))
+        partners, partner_types = (x.reshape(steps, size) for x in data.partners.draw(flat, uniform))
     else:
         partners = partner_types = np.full((steps, size), -1, dtype=np.int64)
     if n_negatives:
         rows = np.repeat(flat, n_negatives)
-        draws = uniform[:, n_partners:].reshape(-1, 2)
-        negatives, negative_types = (x.reshape(steps, size * n_negatives) for x in data.negatives.draw(rows, draws))
+        uniform = negative_rng.random((len(rows), 2))
+        negatives, negative_types = (x.reshape(steps, size * n_negatives) for x in data.negatives.draw(rows, uniform))
     else:
         negatives = negative_types = np.zeros((steps, 0), dtype=np.int64)
     return EpochDraws(partners, partner_types, negatives, negative_types)
@@ -100,6 +105,7 @@ class StepPlan:
     extra_rows: torch.Tensor  # [P + M] rows of the extra columns
     targets: SoftTargets  # [B, B + P + M] graded relevance: text -> [anchors | extra items] images
     i2t_targets: SoftTargets  # image -> texts: the same over [anchors | extra items], or [B, B] batch texts only
+    i2t_extra: bool  # whether the image -> text side ranks the extra items' texts too
     weights: np.ndarray  # the same, before normalising (for inspection and tests)
     fusion: SoftTargets | None  # text -> fused [batch | partners], own item left out; None without the term
     fusion_exclude: torch.Tensor | None  # [B, B + P] each query's own item among the fused candidates
@@ -114,7 +120,7 @@ class StepPlanner:
     """Draws of one step -> `StepPlan`."""
 
     def __init__(self, data: TrainingData, *, relevance: Relevance, group_positives: bool, fusion: bool,
-                 text_negatives: bool = False, bank: "EmbeddingBank | None" = None):
+                 text_negatives: bool, bank: "EmbeddingBank | None" = None):
         self.groups = data.groups if group_positives else None
         self.codes = data.attribute_codes
         self.labels = {k: v.numpy() for k, v in data.labels.items()}
@@ -124,13 +130,10 @@ class StepPlanner:
         self.text_negatives = text_negatives
         self.bank_position = None if bank is None else bank.position.numpy()
 
-    def partner_weight(self, anchors: np.ndarray, partners: np.ndarray, types: np.ndarray) -> np.ndarray:
-        """Weight of each partner in its anchor's targets: its type's relevance, x contradiction_factor
-        if they disagree on an attribute both know."""
-        a, p = self.codes[anchors], self.codes[partners]
-        contradicts = ((a >= 0) & (p >= 0) & (a != p)).any(axis=1)
-        return self.partner_weights[types] * np.where(contradicts, np.float32(self.relevance.contradiction_factor),
-                                                      np.float32(1.0))
+    def contradicts(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """[len(rows), len(columns)] bool: the two items disagree on an attribute both know."""
+        a, c = self.codes[rows][:, None, :], self.codes[columns][None, :, :]
+        return ((a >= 0) & (c >= 0) & (a != c)).any(axis=-1)
 
     def plan(self, anchors: np.ndarray, partner_draw: np.ndarray, partner_type: np.ndarray,
              negative_draw: np.ndarray, negative_type: np.ndarray) -> StepPlan:
@@ -140,20 +143,22 @@ class StepPlanner:
         negatives = negative_draw[drawn]
         size, n_partners = len(anchors), len(partners)
         columns = np.concatenate([anchors, partners, negatives])
-        weights = (anchors[:, None] == columns[None, :]).astype(np.float32)  # the item's own image
-        if self.groups is not None:
+        relevance = np.zeros((size, len(columns)), dtype=np.float32)
+        if self.groups is not None:  # images of the same (confident) product group
             same = self.groups[anchors][:, None] == self.groups[columns][None, :]
-            np.maximum(weights, same * np.float32(self.relevance.strong_group), out=weights)
-        partner_columns = size + np.arange(n_partners)
-        weights[has_partner, partner_columns] = np.maximum(
-            weights[has_partner, partner_columns],
-            self.partner_weight(anchors[has_partner], partners, partner_type[has_partner]))
+            relevance[same] = self.relevance.strong_group
+        if n_partners:  # the partner, at its type's relevance, on every column that shows it
+            shows = partners[:, None] == columns[None, :]
+            relevance[has_partner] = np.maximum(relevance[has_partner],
+                                                shows * self.partner_weights[partner_type[has_partner]][:, None])
+        relevance[self.contradicts(anchors, columns)] *= np.float32(self.relevance.contradiction_factor)
+        own = anchors[:, None] == columns[None, :]
+        weights = np.where(own, np.float32(1.0), relevance)  # the item's own image weighs most
         fusion = fusion_exclude = None
         if self.fusion and n_partners:
             n = size + n_partners
-            own = anchors[:, None] == columns[None, :n]
-            fusion = SoftTargets.from_weights(np.where(own, 0.0, weights[:, :n]))
-            fusion_exclude = torch.from_numpy(own)
+            fusion = SoftTargets.from_weights(np.where(own[:, :n], 0.0, weights[:, :n]))
+            fusion_exclude = torch.from_numpy(np.ascontiguousarray(own[:, :n]))
         labels = {k: v[anchors] for k, v in self.labels.items()}
         targets = SoftTargets.from_weights(weights)
         return StepPlan(
@@ -162,6 +167,7 @@ class StepPlanner:
             extra_rows=torch.from_numpy(columns[size:]),
             targets=targets,
             i2t_targets=targets if self.text_negatives else SoftTargets.from_weights(weights[:, :size]),
+            i2t_extra=self.text_negatives,
             weights=weights,
             fusion=fusion,
             fusion_exclude=fusion_exclude,

@@ -109,9 +109,6 @@ class TrainConfig:
         _check(self, "min_lr_ratio", lambda v: v <= 1, "<= 1")
         _check(self, "dominant_cap", lambda v: 0 < v <= 1, "in (0, 1]")
         _check(self, "min_group_confidence", lambda v: 0 <= v <= 1, "in [0, 1]")
-        for name in ("relevance_strong_group", "relevance_strong_attribute", "relevance_medium", "relevance_weak",
-                     "contradiction_factor"):
-            _check(self, name, lambda v: 0 <= v <= 1, "in [0, 1] (a weight relative to the item's own image)")
         if self.head not in ("mlp", "linear"):
             raise ValueError(f"head must be 'mlp' or 'linear', got {self.head!r}")
         if self.steps_per_epoch is not None:
@@ -123,6 +120,7 @@ class TrainConfig:
         if not self.primary_metric.strip():
             raise ValueError("primary_metric must name a validation metric, e.g. 't2i.neckline.p10'")
         self.sampler_config()  # parses the list fields, raising on a malformed one
+        self.graded_relevance()  # checks the relevance weights, graded_pairs on or off
 
     def sampler_config(self) -> SamplerConfig:
         return SamplerConfig(
@@ -138,8 +136,9 @@ class TrainConfig:
 
     def relevance(self) -> Relevance:
         """The soft-target weights of the positives: graded, or all 1 with graded_pairs off."""
-        if not self.graded_pairs:
-            return UNIFORM_RELEVANCE
+        return self.graded_relevance() if self.graded_pairs else UNIFORM_RELEVANCE
+
+    def graded_relevance(self) -> Relevance:
         return Relevance(self.relevance_strong_group, self.relevance_strong_attribute, self.relevance_medium,
                          self.relevance_weak, self.contradiction_factor)
 

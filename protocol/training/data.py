@@ -40,15 +40,13 @@ from protocol.model.protocol_model import ATTRIBUTE_HEADS
 logger = logging.getLogger(__name__)
 
 TRAIN_SPLIT = "train"
-META_COLUMNS = ("item_id", "group_id", "split", "category2", *ATTRIBUTE_HEADS)
-PAIR_COLUMNS = ("anchor_id", "other_id", "label", "pair_type")
+META_COLUMNS = ("item_id", "split", *ATTRIBUTE_HEADS)
+REQUIRED_PAIR_COLUMNS = ("anchor_id", "other_id", "label", "pair_type")
 NEGATIVE_COLUMNS = ("anchor_id", "negative_id")
 GROUP_COLUMNS = ("item_id", "group_id", "confidence")
 PARTNER_TYPES = tuple(t for t in PAIR_TYPES if t in POSITIVE_TYPES)
 NEGATIVE_TYPES = tuple(t for t in PAIR_TYPES if t not in POSITIVE_TYPES)
 MINED_TYPE = "hard_mined"  # the type the confusers of hard_negatives.parquet belong to
-# Attributes on which a positive may contradict its anchor (both known, different values).
-CONTRADICTION_ATTRIBUTES = ("neckline", "material", "pattern", "sleeve")
 # A type whose expected share of the draws is further than this from its share of the file
 # is reported: its pairs sit on too few anchors for the balanced sampler to meet the mix.
 MIX_TOLERANCE = 0.02
@@ -106,19 +104,20 @@ class TypedPool:
         n = len(self.lists[0].ptr) - 1
         avail = self.available(rows).astype(np.float64)
         weights = np.where(self.target > 0, self.target, 0.0).astype(np.float64)
-        has = (avail @ np.ones(len(self.types))) > 0
+        has = avail.any(axis=1) & (probs > 0)
         p = probs[has] / probs[has].sum() if has.any() else probs[has]
         reachable = avail[has].any(axis=0) & (self.target > 0)
-        shares = np.zeros(len(self.types))
-        for _ in range(FIT_ITERATIONS):
-            per_row = avail[has] * weights
+
+        def expected(w: np.ndarray) -> np.ndarray:
+            per_row = avail[has] * w
             per_row /= np.maximum(per_row.sum(axis=1, keepdims=True), 1e-300)
-            shares = p @ per_row
-            if not reachable.any():
-                break
+            return p @ per_row
+
+        for _ in range(FIT_ITERATIONS if reachable.any() else 0):
             goal = self.target[reachable] / self.target[reachable].sum()
-            weights[reachable] *= goal / np.maximum(shares[reachable], 1e-12)
+            weights[reachable] *= goal / np.maximum(expected(weights)[reachable], 1e-12)
             weights /= weights.sum()
+        shares = expected(weights)
         choice = np.zeros((n, len(self.types)))
         choice[rows] = avail * weights
         sums = choice.sum(axis=1, keepdims=True)
@@ -126,7 +125,7 @@ class TypedPool:
         # Exactly 1 from the last available type on, so every uniform < 1 lands on an available type.
         cumulative[(sums > 0) & (cumulative > 1 - 1e-9)] = 1.0
         self.choice = cumulative
-        for t, share, goal, covered in zip(self.types, shares, self.target, p @ avail[has] if has.any() else shares):
+        for t, share, goal, covered in zip(self.types, shares, self.target, p @ avail[has]):
             if abs(share - goal) > MIX_TOLERANCE:
                 logger.warning("pair type %s: %.1f%% of the draws instead of its %.1f%% of the file: anchors with "
                                "such a pair carry %.1f%% of the sampling weight", t, 100 * share, 100 * goal,
@@ -155,7 +154,7 @@ class TrainingData:
     groups: np.ndarray  # [N] product-group code of confident groups; an item of no confident group is alone
     labels: dict[str, torch.Tensor]  # attribute -> [N] class index or IGNORE_INDEX
     attribute_classes: dict[str, list[str]]
-    attribute_codes: np.ndarray  # [N, len(CONTRADICTION_ATTRIBUTES)] value codes, -1 unknown
+    attribute_codes: np.ndarray  # [N, len(ATTRIBUTE_HEADS)] value codes, -1 unknown: what a positive may contradict
     train_rows: np.ndarray  # anchor rows
     partners: TypedPool
     negatives: TypedPool
@@ -172,7 +171,7 @@ def build_training_data(features, meta: pd.DataFrame, pairs: pd.DataFrame, hard_
     """
     check_features(features, meta)
     require_columns(meta, META_COLUMNS, "meta", "pass the processed dataset's meta table")
-    require_columns(pairs, PAIR_COLUMNS, "pairs.parquet", "re-run the pairs stage")
+    require_columns(pairs, REQUIRED_PAIR_COLUMNS, "pairs.parquet", "re-run the pairs stage")
     row_of = pd.Index(meta["item_id"].astype(str))
     if not row_of.is_unique:
         raise ValueError(f"meta column 'item_id' has duplicates, e.g. {row_of[row_of.duplicated()][:3].tolist()}")
@@ -208,8 +207,15 @@ def build_training_data(features, meta: pd.DataFrame, pairs: pd.DataFrame, hard_
         a = _rows_of(row_of, hard_negatives["anchor_id"], "hard_negatives.parquet", "anchor_id")
         b = _rows_of(row_of, hard_negatives["negative_id"], "hard_negatives.parquet", "negative_id")
         keep = is_train[a] & is_train[b]
+        # the pairs stage samples its hard_mined pairs from these; the rest widen the type's list
         src, dst = edges[MINED_TYPE]
         edges[MINED_TYPE] = (np.concatenate([src, a[keep]]), np.concatenate([dst, b[keep]]))
+        logger.info("hard_mined negatives: %d pairs of pairs.parquet + %d mined confusers of hard_negatives.parquet "
+                    "(%d more touch items outside the train split and are not used)",
+                    counts[MINED_TYPE], int(keep.sum()), int((~keep).sum()))
+        if counts[MINED_TYPE] == 0 and keep.any() and any(counts[t] for t in NEGATIVE_TYPES):
+            logger.warning("pairs.parquet has no hard_mined pairs, so its mix gives the %d mined confusers no share "
+                           "of the negatives: give hard_mined a share in the pairs stage to use them", int(keep.sum()))
     partners = _typed_pool(PARTNER_TYPES, edges, counts, n)
     negatives = _typed_pool(NEGATIVE_TYPES, edges, counts, n)
     classes = attribute_classes(meta.iloc[train_rows]) if attribute_heads else {}
@@ -288,8 +294,8 @@ def encode_labels(values: pd.Series, classes: list[str]) -> np.ndarray:
 
 
 def _attribute_codes(meta: pd.DataFrame) -> np.ndarray:
-    codes = np.full((len(meta), len(CONTRADICTION_ATTRIBUTES)), -1, dtype=np.int64)
-    for j, attribute in enumerate(CONTRADICTION_ATTRIBUTES):
+    codes = np.full((len(meta), len(ATTRIBUTE_HEADS)), -1, dtype=np.int64)
+    for j, attribute in enumerate(ATTRIBUTE_HEADS):
         known = known_mask(meta[attribute])
         codes[known, j] = pd.factorize(meta[attribute].astype(str).to_numpy()[known])[0]
     return codes

@@ -1,12 +1,14 @@
 """The optimiser side of a training step: AdamW groups, the warmup-cosine schedule, gradient norm and clipping.
 
 `grad_norm` and `clip_grads_` split `clip_grad_norm_` in two so that the step can check the
-norm for a non-finite value before any weight moves, and skip the multiply when nothing clips.
+norm for a non-finite value before any weight moves (`diverged_error` says where and what to
+do), and skip the multiply when nothing clips.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -58,3 +60,19 @@ def clip_grads_(grads: list[torch.Tensor], norm: torch.Tensor, max_norm: float) 
     coef = max_norm / (norm + 1e-6)
     if coef.item() < 1.0:
         torch._foreach_mul_(grads, coef)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the gradient became NaN/inf."""
+
+
+def diverged_error(bad: dict[str, float], where: tuple[int, int, int],
+              last_checkpoint: Path | None) -> TrainingDivergedError:
+    epoch, step_in_epoch, global_step = where
+    bad = {k: v for k, v in bad.items() if not math.isfinite(v)}
+    return TrainingDivergedError(
+        f"non-finite training value at epoch {epoch}, step {step_in_epoch} of the epoch (global step "
+        f"{global_step}): {bad}. The weights were not updated with it; the last good checkpoint is "
+        f"{last_checkpoint or 'none (no checkpoint written yet)'}. Lower lr, or check the features for "
+        "extreme values."
+    )

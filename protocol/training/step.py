@@ -21,11 +21,9 @@ from protocol.training.reporting import StepRecord
 
 class StepLoss:
     def __init__(self, data: TrainingData, bank: EmbeddingBank | None, *, head_weights: dict[str, float],
-                 weights: tuple[float, float, float], fusion_term: bool, text_negatives: bool):
+                 weights: tuple[float, float, float]):
         self.data, self.bank, self.head_weights = data, bank, head_weights
         self.weights = weights  # (w_contrastive, w_attribute, w_fusion)
-        self.fusion_term = fusion_term
-        self.text_negatives = text_negatives  # the extra items' texts join the image -> text side
 
     def __call__(self, heads: ProtocolHeads, plan: StepPlan) -> tuple[torch.Tensor, StepRecord]:
         data, a = self.data, plan.anchors
@@ -34,7 +32,7 @@ class StepLoss:
         extra_image, extra_text = self.extra_embeddings(heads, plan)  # partners first
 
         contrastive, parts = contrastive_loss(text_emb, image_emb, heads.scale(), plan.targets, plan.i2t_targets,
-                                              extra_image, extra_text if self.text_negatives else None)
+                                              extra_image, extra_text if plan.i2t_extra else None)
         parts["contrastive"] = contrastive.detach()
         attribute, accuracy = None, ()
         if attr_logits:
@@ -45,7 +43,7 @@ class StepLoss:
             accuracy = tuple((name, logits.detach(), plan.label_arrays[name])
                              for name, logits in attr_logits.items() if plan.known[name])
         fusion = None
-        if self.fusion_term and plan.n_partners:
+        if plan.fusion is not None:  # the planner makes t2f targets when the term is on and there are partners
             # Candidates: the batch items and the partners, fused; each query's own item is left out.
             n = plan.n_partners
             fusion = fusion_loss(

@@ -41,7 +41,9 @@ from protocol.training.checkpoint import (
     save_checkpoint,
 )
 from protocol.training.config import TrainConfig
-from protocol.training.optim import clip_grads_, grad_norm, make_optimizer, make_scheduler, override_lr
+from protocol.training.optim import (
+    TrainingDivergedError, clip_grads_, diverged_error, grad_norm, make_optimizer, make_scheduler, override_lr,
+)
 from protocol.training.reporting import LOG_FILE, StepRecord, TrainLog, epoch_means
 from protocol.training.step import StepLoss
 from protocol.training.validation import deltas, validate
@@ -50,10 +52,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 STEP_RNG_STREAM = 1  # the per-step draws use RNG (seed, epoch, 1); the sampler uses (seed, epoch)
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss or the gradient became NaN/inf."""
 
 
 @dataclass
@@ -156,8 +154,9 @@ class _Trainer:
         self.use_fusion_term = cfg.learn_fusion and cfg.w_fusion > 0 and self.n_partners > 0
         # which pair type each anchor's partner and negatives come from, so the types arrive in the file's mix
         self.expected_shares = {
-            "partner": self.data.partners.fit(self.sampler.rows, self.sampler.probs),
-            "negative": self.data.negatives.fit(self.sampler.rows, self.sampler.probs),
+            kind: pool.fit(self.sampler.rows, self.sampler.probs)
+            for kind, pool, drawn in (("partner", self.data.partners, self.n_partners),
+                                      ("negative", self.data.negatives, self.n_negatives)) if drawn
         }
         self.bank = (EmbeddingBank(self.data, cfg.bank_refresh_steps)
                      if cfg.bank_refresh_steps > 0 and (self.n_partners or self.n_negatives) else None)
@@ -165,8 +164,10 @@ class _Trainer:
                                    fusion=self.use_fusion_term, text_negatives=cfg.image_to_text_negatives,
                                    bank=self.bank)
         self.step_loss = StepLoss(self.data, self.bank, head_weights=cfg.head_weights(),
-                                  weights=(cfg.w_contrastive, cfg.w_attribute, cfg.w_fusion),
-                                  fusion_term=self.use_fusion_term, text_negatives=cfg.image_to_text_negatives)
+                                  weights=(cfg.w_contrastive, cfg.w_attribute, cfg.w_fusion))
+        if cfg.use_group_positives and groups is None:
+            log.warning("use_group_positives is on but no groups.json was given: no in-batch group positives "
+                        "(pass the groups stage's groups.json)")
         self.params: list[torch.nn.Parameter] = []  # the heads' parameters, in order (set by run)
         self.last_checkpoint: Path | None = None
 
@@ -285,22 +286,22 @@ class _Trainer:
     def _train_steps(self, epoch, heads, optimizer, scheduler, progress: _Progress):
         """The epoch's optimizer steps -> (mean of each loss part, anchors [steps, B], seconds).
 
-        The epoch's batches and draws are made up front (the same ones, from the same RNG
-        streams, as one step at a time); each step keeps its loss parts as tensors, turned
-        into floats only on logging steps and once at the end of the epoch.
+        The epoch's batches and draws are made up front, whole, from RNGs of (seed, epoch), so a
+        resumed epoch takes the draws an uninterrupted one would; each step keeps its loss parts
+        as tensors, turned into floats only on logging steps and once at the end of the epoch.
         """
         cfg, sampler = self.cfg, self.sampler
         rng = np.random.default_rng([cfg.seed, epoch, STEP_RNG_STREAM])
         first = sampler.position  # steps of this epoch done before (a resumed epoch starts at 0)
-        batches = sampler.epoch_batches(sampler.epoch)[first:]
+        batches = sampler.epoch_batches(sampler.epoch)
         draws = draw_epoch(batches, self.data, self.n_partners, self.n_negatives, rng)
         records: list[StepRecord] = []
         started = time.perf_counter()
         with tqdm(total=self.steps_per_epoch * cfg.batch_size, initial=first * cfg.batch_size,
                   unit="pair", desc=f"epoch {epoch}/{cfg.epochs}", leave=False) as bar:
-            for i, anchors in enumerate(sampler):
-                step_in_epoch = first + i + 1
-                if self.bank is not None and self.bank.due(step_in_epoch - 1):
+            for i, anchors in enumerate(sampler, start=first):
+                step_in_epoch = i + 1
+                if self.bank is not None and self.bank.due(i):
                     self.bank.refresh(heads)
                 plan = self.planner.plan(anchors, draws.partners[i], draws.partner_types[i], draws.negatives[i],
                                          draws.negative_types[i])
@@ -313,12 +314,12 @@ class _Trainer:
                         "fusion_weight": heads.fusion_weight})
                 bar.update(len(anchors))
         means = epoch_means(records)
-        done = slice(0, len(records))
+        done = slice(first, first + len(records))
         means.update({f"partner_share.{t}": v for t, v in
                       draws.shares(self.data.partners.types, draws.partner_types[done]).items()})
         means.update({f"negative_share.{t}": v for t, v in
                       draws.shares(self.data.negatives.types, draws.negative_types[done]).items()})
-        return means, batches[: len(records)], time.perf_counter() - started
+        return means, batches[done], time.perf_counter() - started
 
     # ----------------------------------------------------------------------------- one step
 
@@ -332,9 +333,9 @@ class _Trainer:
         norm = grad_norm(grads)
         # A non-finite loss part makes the loss non-finite: one host read checks them all.
         if not math.isfinite(loss.item()):
-            raise _diverged(record.parts(), where, self.last_checkpoint)
+            raise diverged_error(record.parts(), where, self.last_checkpoint)
         if not math.isfinite(norm.item()):
-            raise _diverged({"grad_norm": norm.item()}, where, self.last_checkpoint)
+            raise diverged_error({"grad_norm": norm.item()}, where, self.last_checkpoint)
         if self.cfg.grad_clip > 0:
             clip_grads_(grads, norm, self.cfg.grad_clip)
         optimizer.step()
@@ -395,18 +396,7 @@ class _Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             "pair_mix": {kind: {"file": dict(zip(pool.types, pool.target.tolist())),
                                 "expected": self.expected_shares[kind]}
-                         for kind, pool in (("partner", self.data.partners), ("negative", self.data.negatives))},
+                         for kind, pool in (("partner", self.data.partners), ("negative", self.data.negatives))
+                         if kind in self.expected_shares},
             "n_trainable_parameters": heads.n_trainable_parameters(),
         })
-
-
-def _diverged(bad: dict[str, float], where: tuple[int, int, int],
-              last_checkpoint: Path | None) -> TrainingDivergedError:
-    epoch, step_in_epoch, global_step = where
-    bad = {k: v for k, v in bad.items() if not math.isfinite(v)}
-    return TrainingDivergedError(
-        f"non-finite training value at epoch {epoch}, step {step_in_epoch} of the epoch (global step "
-        f"{global_step}): {bad}. The weights were not updated with it; the last good checkpoint is "
-        f"{last_checkpoint or 'none (no checkpoint written yet)'}. Lower lr, or check the features for "
-        "extreme values."
-    )

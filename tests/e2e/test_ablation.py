@@ -14,10 +14,11 @@ from entrypoints.cli import parse_config
 from protocol.scoreboard import load_targets
 from protocol.tracking.runs import EXPERIMENT_NAME
 from protocol.tracking.stages.ablation import AblationConfig
-from protocol.training.ablation import DEFAULT_VARIANTS, SWITCHES, VARIANTS
+from protocol.training.ablation import SWITCHES, VARIANTS
 from tests.e2e.conftest import TINY_PIPELINE_PARAMS, copy_store, mlflow_run, pipeline_env
 
 pytestmark = pytest.mark.e2e
+VARIANTS_RUN = ("plain", "+hard_negatives", "full")  # a switched part, its absence, and everything: the suite's budget
 SEEDS = ("0",)  # one seed keeps the step short (the default is 0,1,2; tests/training/test_ablation.py aggregates several)
 
 
@@ -26,14 +27,14 @@ def test_the_pipeline_ablation_step_trains_every_variant_and_seed_as_child_runs_
     # a private copy of the store: every step above is reused, only the ablation runs
     uri = copy_store(Path(pipeline_store.uri[len("sqlite:///"):]), tmp_path / "store")
     params = TINY_PIPELINE_PARAMS | {"work_dir": str(pipeline_store.work_dir), "ablation": "true",
-                                     "ablation_seeds": ",".join(SEEDS)}
+                                     "ablation_seeds": ",".join(SEEDS), "ablation_variants": ",".join(VARIANTS_RUN)}
     run = mlflow_run("pipeline", params, pipeline_env(uri))
     assert "steps run: ['ablation']" in run.stdout
     assert "| full − plain |" in run.stdout  # the table, printed
 
     doc = json.loads((pipeline_store.work_dir / "ablation" / "ablation.json").read_text())
     metrics = [t.metric for t in load_targets().targets]
-    assert set(doc["variants"]) == set(DEFAULT_VARIANTS)
+    assert set(doc["variants"]) == set(VARIANTS_RUN)
     for by_metric in doc["variants"].values():
         assert set(by_metric) == set(metrics)
         for summary in by_metric.values():
@@ -59,7 +60,7 @@ def test_the_pipeline_ablation_step_trains_every_variant_and_seed_as_child_runs_
         run_id=parent.info.run_id, artifact_path="ablation.json", dst_path=str(tmp_path / "dl"))).read_text()) == doc
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted((c.data.tags["variant"], c.data.tags["seed"]) for c in children) == sorted(
-        (v, s) for v in DEFAULT_VARIANTS for s in SEEDS)
+        (v, s) for v in VARIANTS_RUN for s in SEEDS)
     for child in children:
         tags, params = child.data.tags, child.data.params
         assert child.info.run_name == f"ablation · {tags['variant']} · seed {tags['seed']}"

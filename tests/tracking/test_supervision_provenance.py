@@ -37,10 +37,11 @@ def _pairs(prepared, groups, hard_negatives, out) -> dict:
                                  n_pairs=200, output_dir=str(out)))
 
 
-def _train(tiny_prepared, baseline, pairs, hard_negatives, tmp_path) -> dict:
+def _train(tiny_prepared, baseline, pairs, hard_negatives, tmp_path, groups) -> dict:
     return run_train(TrainStageConfig(prepared=str(tiny_prepared), catalog=baseline["catalog_dir"], pairs=str(pairs),
-                                      hard_negatives_path=str(hard_negatives), cache_dir=str(tmp_path / "cache"),
-                                      epochs=1, register=False, output_dir=str(tmp_path / "train")))
+                                      hard_negatives_path=str(hard_negatives), groups=str(groups),
+                                      cache_dir=str(tmp_path / "cache"), epochs=1, register=False,
+                                      output_dir=str(tmp_path / "train")))
 
 
 def test_supervision_records_its_fingerprints_and_another_seeds_files_are_refused(
@@ -80,11 +81,20 @@ def test_supervision_records_its_fingerprints_and_another_seeds_files_are_refuse
     with pytest.raises(FingerprintMismatchError, match=(
             f"(?s)pairs.parquet {re.escape(str(other_backbone))} \\(backbone\\).*{'e' * 64}.*{backbone}"
             ".*re-run the pairs stage")):
-        _train(tiny_prepared, baseline, other_backbone, mine["hard_negatives"], tmp_path)
+        _train(tiny_prepared, baseline, other_backbone, mine["hard_negatives"], tmp_path, groups_0["groups_json"])
     (tmp_path / "old").mkdir()
     table.to_parquet(tmp_path / "old" / "pairs.parquet")
     pd.read_parquet(mine["hard_negatives"]).to_parquet(tmp_path / "old" / "hard_negatives.parquet")
     with pytest.raises(MissingProvenanceError, match="pairs.parquet .*re-run the pairs stage"):
-        _train(tiny_prepared, baseline, tmp_path / "old" / "pairs.parquet", mine["hard_negatives"], tmp_path)
+        _train(tiny_prepared, baseline, tmp_path / "old" / "pairs.parquet", mine["hard_negatives"], tmp_path,
+               groups_0["groups_json"])
     with pytest.raises(MissingProvenanceError, match="hard_negatives.parquet .*re-run the mine stage"):
-        _train(tiny_prepared, baseline, pairs["pairs"], tmp_path / "old" / "hard_negatives.parquet", tmp_path)
+        _train(tiny_prepared, baseline, pairs["pairs"], tmp_path / "old" / "hard_negatives.parquet", tmp_path,
+               groups_0["groups_json"])
+    # ... and groups of another seed's catalog: its in-batch group positives would pair other products
+    with pytest.raises(FingerprintMismatchError, match=(
+            f"(?s)groups.json {re.escape(groups_1['groups_json'])}.*{dataset_1}.*{dataset_0}"
+            ".*re-run the groups stage")):
+        _train(tiny_prepared, baseline, pairs["pairs"], mine["hard_negatives"], tmp_path, groups_1["groups_json"])
+    trained = _train(tiny_prepared, baseline, pairs["pairs"], mine["hard_negatives"], tmp_path, groups_0["groups_json"])
+    assert trained["best_path"]

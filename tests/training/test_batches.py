@@ -11,13 +11,12 @@ import torch
 
 from protocol.data.pair_generator import PairMix, generate_pairs
 from protocol.model.losses import IGNORE_INDEX
-from protocol.model.protocol_model import HeadsConfig, ProtocolHeads
+from protocol.model.protocol_model import ATTRIBUTE_HEADS, HeadsConfig, ProtocolHeads
 from protocol.model.sampler import BalancedBatchSampler
 from protocol.training.batches import UNIFORM_RELEVANCE, EmbeddingBank, Relevance, StepPlanner, draw_epoch
 from protocol.training.config import TrainConfig
 from protocol.training.data import (
-    CONTRADICTION_ATTRIBUTES, NEGATIVE_TYPES, PARTNER_TYPES, Csr, TypedPool, build_training_data,
-    confident_group_codes,
+    NEGATIVE_TYPES, PARTNER_TYPES, Csr, TypedPool, build_training_data, confident_group_codes,
 )
 from protocol.training.synthetic import synthetic_training_set
 
@@ -109,6 +108,15 @@ def test_changing_the_mix_changes_what_training_sees(synthetic):
     assert negatives["easy"] > default_negatives["easy"] + 0.2
 
 
+def test_partner_draws_do_not_depend_on_the_number_of_negatives(synthetic, data):
+    anchors, _ = epoch_draws(synthetic, data, epochs=1)
+    with_negatives = draw_epoch(anchors, data, 1, 2, np.random.default_rng([4, 1, 1]))
+    without = draw_epoch(anchors, data, 1, 0, np.random.default_rng([4, 1, 1]))
+    assert np.array_equal(with_negatives.partners, without.partners) and without.negatives.shape[1] == 0
+    other_seed = draw_epoch(anchors, data, 1, 2, np.random.default_rng([5, 1, 1]))
+    assert not np.array_equal(other_seed.partners, with_negatives.partners)
+
+
 def test_type_choice_is_fitted_to_the_anchor_distribution_by_hand():
     # Anchors 0 and 1 have pairs of both types, anchor 2 only of type b. Target a:b = 1:1 with
     # anchors drawn evenly: anchor 2 always takes b (1/3 of draws), so anchors 0 and 1 must take
@@ -137,14 +145,16 @@ def test_repeated_pairs_are_drawn_as_often_as_the_file_lists_them():
     assert np.mean(picks == 1) == pytest.approx(0.75, abs=0.03)
 
 
-def plan_of(training, relevance, anchors, partners, partner_types, negatives=(), negative_types=()):
-    planner = StepPlanner(training, relevance=relevance, group_positives=False, fusion=True)
+def plan_of(training, relevance, anchors, partners, partner_types, negatives=(), negative_types=(),
+            group_positives=False):
+    planner = StepPlanner(training, relevance=relevance, group_positives=group_positives, fusion=True,
+                          text_negatives=False)
     return planner.plan(np.asarray(anchors), np.asarray(partners), np.asarray(partner_types),
                         np.asarray(negatives, dtype=np.int64), np.asarray(negative_types, dtype=np.int64))
 
 
 def test_a_contradicting_positive_is_down_weighted_in_the_targets(synthetic, data):
-    neckline = CONTRADICTION_ATTRIBUTES.index("neckline")
+    neckline = ATTRIBUTE_HEADS.index("neckline")
     codes, train = data.attribute_codes, data.train_rows
 
     def contradictions(r, anchor):
@@ -167,6 +177,28 @@ def test_a_contradicting_positive_is_down_weighted_in_the_targets(synthetic, dat
     assert uniform.weights[0, 2] == uniform.weights[1, 3] == 1.0  # plain InfoNCE: every positive alike
 
 
+def test_a_same_product_image_that_contradicts_the_anchor_is_down_weighted_too(data):
+    codes, groups, train = data.attribute_codes, data.groups, data.train_rows
+    pairs = [(a, b) for a in train for b in train if a < b and groups[a] == groups[b]]
+    assert pairs, "the synthetic catalog has products with two views"
+    relevance = Relevance()
+    for a, b in pairs[:50]:
+        plan = plan_of(data, relevance, [a, b], [-1, -1], [-1, -1], group_positives=True)
+        contradicts = ((codes[a] >= 0) & (codes[b] >= 0) & (codes[a] != codes[b])).any()
+        expected = relevance.strong_group * (relevance.contradiction_factor if contradicts else 1.0)
+        assert plan.weights[0, 1] == pytest.approx(expected) and plan.weights[0, 0] == 1.0
+
+
+def test_a_partner_weighs_the_same_on_every_column_that_shows_it(data):
+    a, b, c = data.train_rows[:3]
+    weak = PARTNER_TYPES.index("weak")
+    plan = plan_of(data, Relevance(contradiction_factor=1.0), [a, b], [c, -1], [weak, -1], negatives=[c],
+                   negative_types=[0])
+    # columns: a, b, the partner c, then c again as b's negative: a's targets weigh c at both
+    assert plan.weights[0, 2] == plan.weights[0, 3] == pytest.approx(Relevance().weak)
+    assert plan.weights[1, 3] == 0.0  # for b, c is a negative
+
+
 def test_graded_relevance_follows_the_pair_type(data):
     rows = data.train_rows[:len(PARTNER_TYPES) * 2]
     anchors, partners = rows[: len(PARTNER_TYPES)], rows[len(PARTNER_TYPES):]
@@ -180,7 +212,7 @@ def test_image_to_text_negatives_put_the_extra_items_texts_on_the_image_side(syn
     anchors, draws = epoch_draws(synthetic, data, epochs=1)
     step = (anchors[0], draws.partners[0], draws.partner_types[0], draws.negatives[0], draws.negative_types[0])
     both = StepPlanner(data, relevance=Relevance(), group_positives=True, fusion=False, text_negatives=True).plan(*step)
-    one = StepPlanner(data, relevance=Relevance(), group_positives=True, fusion=False).plan(*step)
+    one = StepPlanner(data, relevance=Relevance(), group_positives=True, fusion=False, text_negatives=False).plan(*step)
     n_columns = BATCH + len(both.extra_rows)
     assert both.i2t_targets.targets.shape[1] == n_columns and torch.equal(both.i2t_targets.targets,
                                                                             both.targets.targets)
@@ -195,15 +227,18 @@ def test_easy_and_hard_negatives_join_a_steps_columns(synthetic, data):
     for i in range(8):
         plan = planner.plan(anchors[i], draws.partners[i], draws.partner_types[i], draws.negatives[i],
                             draws.negative_types[i])
-        negative_columns = slice(BATCH + plan.n_partners, None)
         seen |= {NEGATIVE_TYPES[t] for t in plan.negative_types}
-        assert len(plan.extra_rows) == plan.n_partners + len(plan.negative_types)
-        # a negative is never the anchor's positive: its columns weigh 0 in the anchor's targets
-        anchor_rows = np.arange(BATCH)
-        negatives = plan.extra_rows[plan.n_partners:].numpy()
-        owners = np.repeat(anchor_rows, 2)[draws.negatives[i] >= 0]
-        assert (plan.weights[owners, BATCH + plan.n_partners + np.arange(len(negatives))] == 0).all()
-        assert plan.weights[:, negative_columns].shape[1] == len(negatives)
+        n_drawn = int((draws.negatives[i] >= 0).sum())
+        assert len(plan.extra_rows) == plan.n_partners + n_drawn == plan.targets.targets.shape[1] - BATCH
+        assert np.array_equal(plan.extra_rows[plan.n_partners:].numpy(), draws.negatives[i][draws.negatives[i] >= 0])
+        # a negative weighs 0 in its anchor's targets, unless the pair types overlap and it is
+        # also the item the anchor drew as its partner (one item, one weight per row)
+        n_negatives = draws.negatives.shape[1] // BATCH
+        drawn = draws.negatives[i] >= 0
+        owners = np.repeat(np.arange(BATCH), n_negatives)[drawn]
+        own_partner = draws.partners[i][owners] == draws.negatives[i][drawn]
+        weights = plan.weights[owners, BATCH + plan.n_partners + np.arange(n_drawn)]
+        assert (weights[~own_partner] == 0).all() and (~own_partner).sum() > 0.9 * n_drawn
     assert seen == set(NEGATIVE_TYPES)
 
 
@@ -237,7 +272,8 @@ def test_bank_takes_the_embeddings_of_the_extra_rows(synthetic, data):
     torch.nn.init.normal_(heads.image_head.residual[-1].weight)
     bank = EmbeddingBank(data, refresh_every=5)
     bank.refresh(heads)
-    planner = StepPlanner(data, relevance=Relevance(), group_positives=True, fusion=True, bank=bank)
+    planner = StepPlanner(data, relevance=Relevance(), group_positives=True, fusion=True, text_negatives=False,
+                          bank=bank)
     anchors, draws = epoch_draws(synthetic, data, epochs=1)
     plan = planner.plan(anchors[0], draws.partners[0], draws.partner_types[0], draws.negatives[0],
                         draws.negative_types[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from protocol.io import read_json
 from protocol.model.backbone import FingerprintMismatchError
 from protocol.model.protocol_model import ProtocolHeads
+from protocol.training.batches import UNIFORM_RELEVANCE
 from protocol.training.checkpoint import load_checkpoint
 from protocol.training.config import TrainConfig
 from protocol.training.synthetic import synthetic_training_set
@@ -182,6 +184,7 @@ def test_plain_infonce_ablation_really_turns_the_features_off(data, tmp_path):
                            logger=recorder)
     without = train(plain, data.features, data.meta, data.pairs, None, tmp_path / "b")
     assert len(with_negatives.heads.attribute_heads) == 0
+    assert plain.relevance() == UNIFORM_RELEVANCE  # graded_pairs off: every positive weighs 1
     for name, tensor in state_of(with_negatives.heads).items():  # the mined negatives are not used at all
         assert torch.equal(state_of(without.heads)[name], tensor), name
     steps = [m for _, m in recorder.metrics if "train.loss" in m]
@@ -206,6 +209,14 @@ def test_changing_the_pair_mix_changes_the_trained_model(data, tmp_path):
     assert changed  # same seed, same steps: only the mix differs
     again = run(data, tmp_path / "again", cfg)
     assert all(torch.equal(state_of(again.heads)[n], t) for n, t in state_of(default.heads).items())
+
+
+def test_image_to_text_negatives_train_and_change_the_model(data, tmp_path):
+    cfg = dataclasses.replace(CFG, epochs=1, steps_per_epoch=10)
+    both = run(data, tmp_path / "both", dataclasses.replace(cfg, image_to_text_negatives=True))
+    one = run(data, tmp_path / "one", cfg)
+    assert math.isfinite(both.history[0]["train"]["i2t"])
+    assert any(not torch.equal(state_of(one.heads)[n], t) for n, t in state_of(both.heads).items())
 
 
 def test_resume_refuses_another_config_or_backbone(data, tmp_path):

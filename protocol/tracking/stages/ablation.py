@@ -33,7 +33,7 @@ class AblationConfig(TrainConfig):
     """Ablation: plain, +attribute_heads, +balanced_sampling, +hard_negatives and full, each with every seed.
 
     The training settings are the base every variant starts from; each variant sets `seed`
-    and the three switches itself, so those four are refused here (use `seeds`, `variants`).
+    and the four switches itself, so those five are refused here (use `seeds`, `variants`).
     """
 
     prepared: str = field(default=TrainStageConfig.prepared, metadata={"help": "processed dataset dir or runs:/ URI"})
@@ -112,9 +112,9 @@ def run_ablation(cfg: AblationConfig) -> dict:
         logger.set_tags({**fingerprints, "variants": ",".join(variants), "seeds": ",".join(map(str, seeds))})
         logger.log_dataset(processed, context="training")
         features = load_features(cfg.cache_dir, processed.fingerprint, backbone_fp)  # never the backbone
-        # every variant's switches are its own, so the base reads every file a variant may use
-        pairs, negatives, groups = read_supervision(
-            dataclasses.replace(cfg, hard_negatives=True, use_group_positives=True), processed.fingerprint, backbone_fp)
+        # hard_negatives is a variant's switch, so the base reads the file whichever variants run
+        pairs, negatives, groups = read_supervision(dataclasses.replace(cfg, hard_negatives=True),
+                                                    processed.fingerprint, backbone_fp)
         out = logger.output_dir
 
         runs = []

@@ -27,7 +27,7 @@ from protocol.tracking.stages.supervision import (
     AuditConfig, GroupsConfig, MineConfig, PairsConfig, run_audit, run_groups, run_mine, run_pairs,
 )
 from protocol.tracking.stages.train import TrainStageConfig, run_train
-from protocol.training.ablation import parse_seeds
+from protocol.training.ablation import parse_seeds, parse_variants
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,14 @@ class PipelineConfig:
     max_queries: int | None = None
     ablation: bool = field(default=False, metadata={"help": "also run the ablation (every variant x seed) after train"})
     ablation_seeds: str = field(default=AblationConfig.seeds, metadata={"help": "the ablation step's training seeds"})
+    ablation_variants: str = field(default=AblationConfig.variants, metadata={"help": "the ablation step's variants"})
     work_dir: str = field(default="outputs", metadata={"help": "scratch dir for stage outputs and the feature cache"})
     force: bool = field(default=False, metadata={"help": "re-run every step even when a cached run matches"})
 
     def __post_init__(self):
         PrepareConfig(**self._prepare_kwargs())  # validates the shared fields with the stage's own rules
         parse_seeds(self.ablation_seeds)  # refused now, not after the steps before the ablation have run
+        parse_variants(self.ablation_variants)
         for name in ("epochs", "n_pairs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"parameter {name!r} must be >= 1, got {getattr(self, name)}")
@@ -139,7 +141,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                 prepared=prepared, catalog=catalog, pairs=run_artifact_uri(pairs, "pairs/pairs.parquet"),
                 hard_negatives_path=run_artifact_uri(mine, "hard_negatives.parquet"),
                 groups=run_artifact_uri(groups, "groups/groups.json"), cache_dir=cache_dir,
-                epochs=cfg.epochs, seeds=cfg.ablation_seeds, max_queries=cfg.max_queries,
+                epochs=cfg.epochs, seeds=cfg.ablation_seeds, variants=cfg.ablation_variants, max_queries=cfg.max_queries,
                 output_dir=f"{w}/ablation"), run_ablation)
         step("evaluate", EvaluateConfig(
             prepared=prepared, train_run=train, baseline_catalog=catalog, cache_dir=cache_dir,
