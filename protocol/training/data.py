@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from protocol.data.hard_negatives import known_mask
-from protocol.data.pair_rules import PAIR_TYPES, POSITIVE_TYPES
+from protocol.data.hard_negatives import attribute_codes, known_mask, product_codes
+from protocol.data.pair_rules import PAIR_TYPES, POSITIVE_TYPES, group_columns
 from protocol.data.schema import require_columns
 from protocol.model.losses import IGNORE_INDEX
 from protocol.model.protocol_model import ATTRIBUTE_HEADS
@@ -43,7 +43,6 @@ TRAIN_SPLIT = "train"
 META_COLUMNS = ("item_id", "split", *ATTRIBUTE_HEADS)
 REQUIRED_PAIR_COLUMNS = ("anchor_id", "other_id", "label", "pair_type")
 NEGATIVE_COLUMNS = ("anchor_id", "negative_id")
-GROUP_COLUMNS = ("item_id", "group_id", "confidence")
 PARTNER_TYPES = tuple(t for t in PAIR_TYPES if t in POSITIVE_TYPES)
 NEGATIVE_TYPES = tuple(t for t in PAIR_TYPES if t not in POSITIVE_TYPES)
 MINED_TYPE = "hard_mined"  # the type the confusers of hard_negatives.parquet belong to
@@ -229,7 +228,7 @@ def build_training_data(features, meta: pd.DataFrame, pairs: pd.DataFrame, hard_
         groups=confident_group_codes(meta, groups, min_group_confidence),
         labels={a: torch.from_numpy(encode_labels(meta[a], c)) for a, c in classes.items()},
         attribute_classes=classes,
-        attribute_codes=_attribute_codes(meta),
+        attribute_codes=attribute_codes(meta, ATTRIBUTE_HEADS),
         train_rows=train_rows,
         partners=partners,
         negatives=negatives,
@@ -240,20 +239,13 @@ def build_training_data(features, meta: pd.DataFrame, pairs: pd.DataFrame, hard_
 def confident_group_codes(meta: pd.DataFrame, groups: pd.DataFrame | None, min_confidence: float) -> np.ndarray:
     """One code per meta row: its groups.json group where that group's confidence >= min_confidence,
     else a code of its own."""
-    keys = "\0item:" + meta["item_id"].astype(str).to_numpy(dtype=object)
-    if groups is not None:
-        require_columns(groups, GROUP_COLUMNS, "groups.json", "re-run the groups stage")
-        by_item = groups.set_index(groups["item_id"].astype(str))
-        if not by_item.index.is_unique:
-            dup = by_item.index[by_item.index.duplicated()][:3].tolist()
-            raise ValueError(f"groups.json lists item(s) {dup} in more than one group: re-run the groups stage")
-        aligned = by_item.reindex(meta["item_id"].astype(str))
-        group = aligned["group_id"].fillna("").astype(str).to_numpy(dtype=object)
-        confident = (group != "") & (aligned["confidence"].fillna(0.0).astype(float).to_numpy() >= min_confidence)
-        keys = np.where(confident, group, keys)
-        logger.info("group positives: %d of %d items in groups of confidence >= %.2f",
-                    int(confident.sum()), len(meta), min_confidence)
-    return pd.factorize(keys)[0].astype(np.int64)
+    if groups is None:
+        return product_codes(meta.assign(group_id=""))
+    group, confidence = group_columns(meta, groups)
+    confident = (group != "") & (confidence >= min_confidence)
+    logger.info("group positives: %d of %d items in groups of confidence >= %.2f",
+                int(confident.sum()), len(meta), min_confidence)
+    return product_codes(meta.assign(group_id=np.where(confident, group, "")))
 
 
 def check_features(features, meta: pd.DataFrame) -> None:
@@ -291,14 +283,6 @@ def encode_labels(values: pd.Series, classes: list[str]) -> np.ndarray:
     """Class index per row; IGNORE_INDEX for unknown values and values without a class."""
     codes = pd.Index(classes).get_indexer(values.astype(str))
     return np.where(codes >= 0, codes, IGNORE_INDEX).astype(np.int64)
-
-
-def _attribute_codes(meta: pd.DataFrame) -> np.ndarray:
-    codes = np.full((len(meta), len(ATTRIBUTE_HEADS)), -1, dtype=np.int64)
-    for j, attribute in enumerate(ATTRIBUTE_HEADS):
-        known = known_mask(meta[attribute])
-        codes[known, j] = pd.factorize(meta[attribute].astype(str).to_numpy()[known])[0]
-    return codes
 
 
 def _typed_pool(types: tuple[str, ...], edges: dict, counts: dict[str, int], n: int) -> TypedPool:
