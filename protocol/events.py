@@ -44,3 +44,41 @@ class NullLogger:
 
     def set_tags(self, tags):
         pass
+
+
+class RecordingLogger:
+    """Keeps every call, in order, so that another process's logger can `replay` them.
+
+    For work done in a worker process (the ablation's parallel trainings): the worker logs
+    into a RecordingLogger, and the parent, which owns the MLflow run, replays the calls into
+    it. Everything recorded must pickle (metrics, params, tags, paths, DataFrames).
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple]] = []
+
+    def log_metrics(self, metrics, step=None):
+        self.calls.append(("log_metrics", (dict(metrics), step)))
+
+    def log_params(self, params):
+        self.calls.append(("log_params", (dict(params),)))
+
+    def log_table(self, df, artifact_file):
+        self.calls.append(("log_table", (df, artifact_file)))
+
+    def log_figure(self, fig, artifact_file):
+        self.calls.append(("log_figure", (fig, artifact_file)))
+
+    def log_artifact(self, path, artifact_path=None):
+        self.calls.append(("log_artifact", (str(path), artifact_path)))
+
+    def log_dict(self, obj, artifact_file):
+        self.calls.append(("log_dict", (obj, artifact_file)))
+
+    def set_tags(self, tags):
+        self.calls.append(("set_tags", (dict(tags),)))
+
+    def replay(self, logger: RunLogger) -> None:
+        """Make every recorded call on `logger`, in the order they were recorded."""
+        for method, args in self.calls:
+            getattr(logger, method)(*args)

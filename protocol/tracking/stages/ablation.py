@@ -7,18 +7,20 @@ atomically, to `<output_dir>/` as well (the pipeline's: `<work_dir>/ablation/`).
 holds its training's metrics, checkpoints and test metrics `test.*`. Training never calls the
 backbone; each variant's best-validation checkpoint is evaluated as the evaluate stage does
 (`protocol.retrieval.evaluation.evaluate_processed` over the same catalog and query splits), in
-the locked targets' mode.
+the locked targets' mode. With `workers` > 1 the trainings run side by side in worker processes
+(`protocol.training.ablation_jobs`); each child run is written when its training is done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass, field
 
 from protocol.retrieval.evaluation import EvalConfigMixin
 from protocol.training.ablation import DEFAULT_VARIANTS, VARIANT_FIELDS, VARIANTS, parse_seeds, parse_variants
+from protocol.training.ablation_jobs import worker_count
 from protocol.training.config import TrainConfig
 from protocol.tracking.runs import config_params, describe_run, resolve_input, stage_run
 from protocol.tracking.stages.train import TrainStageConfig, read_supervision
@@ -53,6 +55,7 @@ class AblationConfig(TrainConfig):
     max_queries: int | None = field(default=EvalConfigMixin.max_queries,
                                     metadata={"help": "stratified sample of queries (empty = all)"})
     eval_seed: int = EvalConfigMixin.eval_seed
+    workers: int = field(default=0, metadata={"help": "trainings at once, each in its own process (0: one per core)"})
     output_dir: str = field(default="outputs/ablation",
                             metadata={"help": "run outputs go to <output_dir>/<run_id>; ablation.json|md also here"})
 
@@ -66,6 +69,7 @@ class AblationConfig(TrainConfig):
                              f"({', '.join(VARIANTS)})")
         parse_seeds(self.seeds)
         parse_variants(self.variants)
+        worker_count(self.workers, 1, 1)  # refuses a negative count now, before any data is read
         self.eval_config()  # the evaluation parameters, checked by the evaluate stage's own rules
 
     def train_config(self) -> TrainConfig:
@@ -84,15 +88,11 @@ def run_ablation(cfg: AblationConfig) -> dict:
     from protocol.data.processed import load_processed
     from protocol.model.backbone import check_fingerprint
     from protocol.model.features import load_features
-    from protocol.model.protocol_model import ProtocolHeads
     from protocol.provenance import provenance
     from protocol.retrieval.catalog import load_catalog
-    from protocol.retrieval.evaluation import evaluate_processed
-    from protocol.retrieval.metrics import metric_per_query
     from protocol.scoreboard import load_targets
     from protocol.training import ablation
-    from protocol.training.checkpoint import load_checkpoint
-    from protocol.training.train import train
+    from protocol.training.ablation_jobs import AblationInputs, Job, available_cores, run_jobs
 
     spec = load_targets()
     metrics = [t.metric for t in spec.targets]
@@ -117,30 +117,25 @@ def run_ablation(cfg: AblationConfig) -> dict:
                                                     processed.fingerprint, backbone_fp)
         out = logger.output_dir
 
+        inputs = AblationInputs(processed, features, pairs, negatives, groups, eval_cfg, backbone_fp,
+                                spec.mode, tuple(metrics))
+        jobs = [Job(variant, seed, ablation.variant_config(base, variant, seed),
+                    out / ablation.variant_slug(variant) / f"seed_{seed}") for variant in variants for seed in seeds]
+        workers = worker_count(cfg.workers, len(jobs), available_cores())
+        logger.set_tags({"workers": str(workers)})
+
+        @contextlib.contextmanager
+        def child_run(job):
+            name, tags = describe_run("ablation", job.config)  # `ablation · full · seed 1`, variant and seed
+            with stage_run(CHILD_STAGE, job.config, run_name=name) as child:
+                child.set_tags({**tags, **fingerprints})
+                yield child
+
         runs = []
-        for variant in variants:
-            for seed in seeds:
-                train_cfg = ablation.variant_config(base, variant, seed)
-                name, tags = describe_run("ablation", train_cfg)  # `ablation · full · seed 1`, variant and seed
-                with stage_run(CHILD_STAGE, train_cfg, run_name=name) as child:
-                    child.set_tags({**tags, **fingerprints})
-                    result = train(train_cfg, features, processed.meta, pairs, negatives,
-                                   out / ablation.variant_slug(variant) / f"seed_{seed}", groups=groups, logger=child)
-                    if result.best_path is None:
-                        raise RuntimeError(f"ablation {variant} seed {seed}: training wrote no best checkpoint")
-                    # as the evaluate stage does: the best validation epoch's heads over every cached row
-                    heads = ProtocolHeads.from_checkpoint(load_checkpoint(result.best_path))
-                    image, text = heads.embed_numpy(features.image, features.text)
-                    evaluation = evaluate_processed(
-                        eval_cfg, processed, image, text, backbone_fingerprint=backbone_fp,
-                        fusion_weight=heads.fusion_weight if heads.config.learn_fusion else None)
-                    table = evaluation.result.queries[spec.mode]
-                    found = {m: evaluation.result.metrics.get(m, math.nan) for m in metrics}
-                    child.log_metrics({f"test.{m}": v for m, v in found.items() if math.isfinite(v)})
-                runs.append(ablation.VariantRun(variant, seed, found,
-                                                {m: metric_per_query(table, m) for m in metrics}))
-                log.info("ablation %s seed %d: %s", variant, seed,
-                         ", ".join(f"{m} {100 * v:.2f}" for m, v in found.items()))
+        for run in run_jobs(inputs, jobs, workers, child_run):
+            runs.append(run)
+            log.info("ablation %s seed %d: %s", run.variant, run.seed,
+                     ", ".join(f"{m} {100 * v:.2f}" for m, v in run.metrics.items()))
 
         evidence = spec.evidence
         doc = ablation.summarize(runs, metrics, resamples=evidence.resamples, seed=evidence.seed,
