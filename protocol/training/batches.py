@@ -116,24 +116,48 @@ class StepPlan:
     negative_types: np.ndarray  # [M] type index of each negative column
 
 
+@dataclass(frozen=True)
+class AttributeIndicators:
+    """Which attributes each item knows and its values, as 0/1 float32 matrices.
+
+    Two items contradict when they both know more attributes than they agree on: both counts
+    are products of these matrices ([B, A] @ [A, C] and [B, V] @ [V, C]), exact in float32,
+    instead of a [B, C, A] comparison per step.
+    """
+
+    known: np.ndarray  # [N, A] 1 where the attribute is known
+    values: np.ndarray  # [N, V] one-hot of each known value, V = the attributes' value counts summed
+
+    @classmethod
+    def from_codes(cls, codes: np.ndarray) -> "AttributeIndicators":
+        """From [N, A] value codes (0..n-1 per attribute, -1 unknown)."""
+        width = codes.max(axis=0, initial=-1) + 1
+        offsets = np.concatenate([[0], np.cumsum(width)[:-1]]).astype(np.int64)
+        values = np.zeros((len(codes), int(width.sum())), dtype=np.float32)
+        rows, attributes = np.nonzero(codes >= 0)
+        values[rows, offsets[attributes] + codes[rows, attributes]] = 1.0
+        return cls((codes >= 0).astype(np.float32), values)
+
+    def contradicts(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """[len(rows), len(columns)] bool: the two items disagree on an attribute both know."""
+        both_known = self.known[rows] @ self.known[columns].T
+        agree = self.values[rows] @ self.values[columns].T
+        return both_known > agree
+
+
 class StepPlanner:
     """Draws of one step -> `StepPlan`."""
 
     def __init__(self, data: TrainingData, *, relevance: Relevance, group_positives: bool, fusion: bool,
                  text_negatives: bool, bank: "EmbeddingBank | None" = None):
         self.groups = data.groups if group_positives else None
-        self.codes = data.attribute_codes
+        self.attributes = AttributeIndicators.from_codes(data.attribute_codes)
         self.labels = {k: v.numpy() for k, v in data.labels.items()}
         self.relevance = relevance
         self.partner_weights = relevance.partner_weights()
         self.fusion = fusion
         self.text_negatives = text_negatives
         self.bank_position = None if bank is None else bank.position.numpy()
-
-    def contradicts(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-        """[len(rows), len(columns)] bool: the two items disagree on an attribute both know."""
-        a, c = self.codes[rows][:, None, :], self.codes[columns][None, :, :]
-        return ((a >= 0) & (c >= 0) & (a != c)).any(axis=-1)
 
     def plan(self, anchors: np.ndarray, partner_draw: np.ndarray, partner_type: np.ndarray,
              negative_draw: np.ndarray, negative_type: np.ndarray) -> StepPlan:
@@ -151,7 +175,7 @@ class StepPlanner:
             shows = partners[:, None] == columns[None, :]
             relevance[has_partner] = np.maximum(relevance[has_partner],
                                                 shows * self.partner_weights[partner_type[has_partner]][:, None])
-        relevance[self.contradicts(anchors, columns)] *= np.float32(self.relevance.contradiction_factor)
+        relevance[self.attributes.contradicts(anchors, columns)] *= np.float32(self.relevance.contradiction_factor)
         own = anchors[:, None] == columns[None, :]
         weights = np.where(own, np.float32(1.0), relevance)  # the item's own image weighs most
         fusion = fusion_exclude = None

@@ -13,7 +13,7 @@ from protocol.data.pair_generator import PairMix, generate_pairs
 from protocol.model.losses import IGNORE_INDEX
 from protocol.model.protocol_model import ATTRIBUTE_HEADS, HeadsConfig, ProtocolHeads
 from protocol.model.sampler import BalancedBatchSampler
-from protocol.training.batches import UNIFORM_RELEVANCE, EmbeddingBank, Relevance, StepPlanner, draw_epoch
+from protocol.training.batches import UNIFORM_RELEVANCE, AttributeIndicators, EmbeddingBank, Relevance, StepPlanner, draw_epoch
 from protocol.training.config import TrainConfig
 from protocol.training.data import (
     NEGATIVE_TYPES, PARTNER_TYPES, Csr, TypedPool, build_training_data, confident_group_codes,
@@ -175,6 +175,21 @@ def test_a_contradicting_positive_is_down_weighted_in_the_targets(synthetic, dat
     assert target[1, 3] < target[0, 2] < target[0, 0]
     uniform = plan_of(data, UNIFORM_RELEVANCE, [anchor, anchor], [agree, contra], [medium, medium])
     assert uniform.weights[0, 2] == uniform.weights[1, 3] == 1.0  # plain InfoNCE: every positive alike
+
+
+def test_items_contradict_when_they_know_an_attribute_both_and_disagree_on_it():
+    codes = np.array([[0, -1, 2],    # a: attributes 0 and 2 known
+                      [0, 1, -1],    # b: agrees with a on attribute 0, the only one both know
+                      [1, 1, 2],     # c: disagrees with a and b on attribute 0
+                      [-1, -1, -1]])  # d: knows nothing, contradicts nothing
+    indicators = AttributeIndicators.from_codes(codes)
+    assert indicators.known.tolist() == [[1, 0, 1], [1, 1, 0], [1, 1, 1], [0, 0, 0]]
+    assert indicators.values.shape == (4, 2 + 2 + 3)  # one column per value of each attribute
+    rows = np.arange(4)
+    assert indicators.contradicts(rows, rows).astype(int).tolist() == [
+        [0, 0, 1, 0], [0, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]]
+    assert indicators.contradicts(rows[:1], rows[[2, 3, 2]]).tolist() == [[True, False, True]]
+    assert AttributeIndicators.from_codes(np.zeros((0, 4), dtype=np.int64)).values.shape == (0, 0)
 
 
 def test_a_same_product_image_that_contradicts_the_anchor_is_down_weighted_too(data):
