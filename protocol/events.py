@@ -78,6 +78,21 @@ class RecordingLogger:
     def set_tags(self, tags):
         self.calls.append(("set_tags", (dict(tags),)))
 
+    @property
+    def metrics(self) -> list[tuple[int | None, dict]]:
+        """(step, metrics) of each log_metrics call, in order."""
+        return [(args[1], args[0]) for method, args in self.calls if method == "log_metrics"]
+
+    @property
+    def tables(self) -> dict[str, Any]:
+        """artifact file -> the table logged there."""
+        return {args[1]: args[0] for method, args in self.calls if method == "log_table"}
+
+    @property
+    def artifacts(self) -> list[tuple[str, str | None]]:
+        """(path, artifact_path) of each log_artifact call, in order."""
+        return [args for method, args in self.calls if method == "log_artifact"]
+
     def replay(self, logger: RunLogger) -> None:
         """Make every recorded call on `logger`, in the order they were recorded."""
         for method, args in self.calls:

@@ -4,7 +4,7 @@ Variants (each part is switched on alone over `plain`, so each row shows what th
 adds to the plain adapter, and `full` has them all):
 
   plain               InfoNCE only: attribute_heads, balanced_sampling and hard_negatives off
-  +attribute_heads    plain + the attribute classifiers on the image and text embeddings
+  +attribute_heads    plain + the attribute classifiers on the image embeddings
   +balanced_sampling  plain + anchors drawn towards weak classes, rare materials, known necklines
   +hard_negatives     plain + negative pairs (mined, attribute-targeted, easy) as extra columns
   +graded_pairs       plain + graded soft targets per pair type, contradictions down-weighted

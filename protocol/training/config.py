@@ -36,6 +36,10 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
     warmup_fraction: float = 0.05  # of all steps, linear from 0; then cosine down to min_lr_ratio * lr
     min_lr_ratio: float = 0.0
+    # Stop once the validation primary metric has not improved for this many epochs (0: run them all).
+    # The schedule stays the one of all `epochs`, so a run that stops picks the checkpoint the full run
+    # would have picked unless the metric recovers later; see docs/ARCHITECTURE.md, "Training defaults".
+    patience: int = 3
     steps_per_epoch: int | None = None  # None: ceil(train pairs / batch_size), so pairs x epochs is the work
     # model
     head: str = HeadsConfig.head
@@ -93,13 +97,13 @@ class TrainConfig:
                     "val_max_queries", "log_every", "weak_category_factor", "rare_material_factor",
                     "neckline_known_factor")
         non_negative = ("weight_decay", "grad_clip", "n_hard_negatives", "w_contrastive", "w_attribute",
-                        "w_fusion", "neckline_weight", "min_lr_ratio", "bank_refresh_steps")
+                        "w_fusion", "neckline_weight", "min_lr_ratio", "bank_refresh_steps", "patience")
         for name in positive:
             _check(self, name, lambda v: v > 0, "> 0")
         for name in non_negative:
             _check(self, name, lambda v: v >= 0, ">= 0")
         for name in ("epochs", "batch_size", "hidden_dim", "checkpoint_every", "val_max_catalog",
-                     "val_max_queries", "log_every", "n_hard_negatives", "bank_refresh_steps", "seed"):
+                     "val_max_queries", "log_every", "n_hard_negatives", "bank_refresh_steps", "seed", "patience"):
             _check(self, name, lambda v: float(v).is_integer(), "an integer")
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (in-batch negatives), got {self.batch_size}")

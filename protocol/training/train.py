@@ -120,6 +120,11 @@ def train(
         return trainer.run(resume, stop_after_epochs)
 
 
+def out_of_patience(epoch: int, best_epoch: int | None, patience: int, epochs: int) -> bool:
+    """Whether training stops after `epoch`: `patience` epochs (0: never) since the best one, before the last."""
+    return patience > 0 and best_epoch is not None and epoch - best_epoch >= patience and epoch < epochs
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int | None):
     previous = torch.get_num_threads()
@@ -228,7 +233,8 @@ class _Trainer:
                 self.log.write()  # keep the record of the steps that led there
                 raise
             stopped_early = stop_after_epochs is not None and epoch >= stop_after_epochs and epoch < cfg.epochs
-            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs or stopped_early:
+            patience_spent = out_of_patience(epoch, progress.best_epoch, cfg.patience, cfg.epochs)
+            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs or stopped_early or patience_spent:
                 self.last_checkpoint = save_checkpoint(
                     epoch_checkpoint(self.out_dir, epoch), self._state(heads, optimizer, scheduler, progress)
                 )
@@ -237,6 +243,11 @@ class _Trainer:
                                                 {f"val.{k}": v for k, v in self.log.epoch_metrics(final_metrics).items()})
             if stopped_early:
                 log.info("stopping after epoch %d of %d as asked (stop_after_epochs)", epoch, cfg.epochs)
+                break
+            if patience_spent:
+                log.info("early stop after epoch %d of %d: %s has not improved on epoch %d's %.4f for %d epochs "
+                         "(patience)", epoch, cfg.epochs, cfg.primary_metric, progress.best_epoch,
+                         progress.best_metric, cfg.patience)
                 break
 
         final_path = None

@@ -93,7 +93,8 @@ def test_a_killed_training_keeps_every_finished_epoch_in_the_store(pipeline_stor
     (pipeline_train,) = client.search_runs([exp.experiment_id], "tags.stage = 'train'")
     # the same inputs the pipeline's train step read (runs:/ URIs into this copy, the shared feature cache)
     args = {k: v for k, v in pipeline_train.data.params.items() if k in TRAIN_INPUTS}
-    args |= {"epochs": "8", "output_dir": str(tmp_path / "train")}
+    # patience 0: this training must still be running when it is killed, whatever its val metric does
+    args |= {"epochs": "8", "patience": "0", "output_dir": str(tmp_path / "train")}
     env = pipeline_env(uri) | {"PYTHONPATH": str(ROOT)}
     output = tmp_path / "train.log"  # a file, not a pipe nobody reads while it trains
     with output.open("w") as sink:

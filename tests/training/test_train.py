@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from protocol.events import RecordingLogger
 from protocol.io import read_json
 from protocol.model.backbone import FingerprintMismatchError
 from protocol.model.protocol_model import ProtocolHeads
@@ -24,39 +25,11 @@ from protocol.training.checkpoint import load_checkpoint
 from protocol.training.config import TrainConfig
 from protocol.training.synthetic import synthetic_training_set
 from protocol.training.optim import clip_grads_, grad_norm
-from protocol.training.train import TrainingDivergedError, train
+from protocol.training.train import TrainingDivergedError, out_of_patience, train
 
 CFG = TrainConfig(epochs=3, batch_size=32, lr=1e-3, warmup_fraction=0.1, num_threads=1, log_every=10,
                   val_max_queries=500)
 PRIMARY = CFG.primary_metric
-
-
-class RecordingLogger:
-    """A RunLogger that keeps what it is given, to check what training reports."""
-
-    def __init__(self):
-        self.metrics, self.tables, self.artifacts = [], {}, []
-
-    def log_metrics(self, metrics, step=None):
-        self.metrics.append((step, dict(metrics)))
-
-    def log_params(self, params):
-        pass
-
-    def log_table(self, df, artifact_file):
-        self.tables[artifact_file] = df
-
-    def log_figure(self, fig, artifact_file):
-        pass
-
-    def log_artifact(self, path, artifact_path=None):
-        self.artifacts.append((Path(path).name, artifact_path))
-
-    def log_dict(self, obj, artifact_file):
-        pass
-
-    def set_tags(self, tags):
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +104,8 @@ def test_training_reports_metrics_mix_tables_and_artifacts(full_run):
     table = recorder.tables["sampler/mix_epoch_001.json"]
     assert {"group", "target_share", "achieved_share"} <= set(table.columns)
     assert table.set_index("group").loc["category2=tees", "achieved_share"] <= CFG.dominant_cap + 1e-9
-    assert ("final.pt", "checkpoints") in recorder.artifacts and ("best.pt", "checkpoints") in recorder.artifacts
+    artifacts = {(Path(path).name, where) for path, where in recorder.artifacts}
+    assert ("final.pt", "checkpoints") in artifacts and ("best.pt", "checkpoints") in artifacts
 
 
 def test_resumed_run_ends_with_the_same_weights_and_metrics(data, full_run, tmp_path):
@@ -152,6 +126,24 @@ def test_resumed_run_ends_with_the_same_weights_and_metrics(data, full_run, tmp_
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()
               if json.loads(line)["kind"] == "epoch"]
     assert epochs == [1, 2, 3]
+
+
+@pytest.mark.parametrize("epoch, best_epoch, patience, expected", [
+    (4, 1, 3, True), (3, 1, 3, False), (5, 4, 1, True), (9, 1, 0, False), (10, 1, 3, False), (2, None, 1, False)])
+def test_out_of_patience_counts_the_epochs_since_the_best_one_before_the_last(epoch, best_epoch, patience, expected):
+    assert out_of_patience(epoch, best_epoch, patience, epochs=10) is expected
+
+
+@pytest.mark.parametrize("patience, epochs_run", [(2, 3), (0, 6)])
+def test_training_stops_once_validation_has_not_improved_for_patience_epochs(data, tmp_path, patience, epochs_run):
+    # lr so small that no ranking moves: epoch 1 stays the best, no later epoch improves on it
+    cfg = dataclasses.replace(CFG, epochs=6, steps_per_epoch=3, lr=1e-12, patience=patience)
+    result = run(data, tmp_path, cfg)
+    assert [h["epoch"] for h in result.history] == list(range(1, epochs_run + 1))
+    assert result.best_epoch == 1 and not result.stopped_early  # a finished run: final.pt, not an interruption
+    assert result.final_path == tmp_path / "checkpoints" / "final.pt" and result.final_path.is_file()
+    assert (tmp_path / "checkpoints" / f"epoch_{epochs_run}.pt").is_file()
+    assert not (tmp_path / "checkpoints" / f"epoch_{epochs_run + 1}.pt").exists()
 
 
 def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(data, tmp_path):
