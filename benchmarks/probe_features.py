@@ -18,7 +18,6 @@ Data: the train stage's default inputs (or --prepared/--catalog/--cache-dir).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 
@@ -53,13 +52,14 @@ def probes(hidden: int, seed: int) -> dict:
 
 
 def main() -> None:
+    from bench_train import stage_defaults  # this folder is on sys.path when the script runs
+
     from protocol.data.processed import load_processed
     from protocol.io import read_json
     from protocol.model.features import load_features
     from protocol.model.protocol_model import HeadsConfig
-    from protocol.tracking.stages.train import TrainStageConfig
 
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainStageConfig)}
+    defaults = stage_defaults()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--prepared", default=defaults["prepared"], help="processed dataset dir")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from protocol.retrieval.evaluation import EvalConfigMixin
 from protocol.training.ablation import DEFAULT_VARIANTS, VARIANT_FIELDS, VARIANTS, parse_seeds, parse_variants
-from protocol.training.ablation_jobs import worker_count
+from protocol.training.ablation_jobs import AblationInputs, Job, available_cores, run_jobs, worker_count
 from protocol.training.config import TrainConfig
 from protocol.tracking.runs import config_params, describe_run, resolve_input, stage_run
 from protocol.tracking.stages.train import TrainStageConfig, read_supervision
@@ -92,7 +92,6 @@ def run_ablation(cfg: AblationConfig) -> dict:
     from protocol.retrieval.catalog import load_catalog
     from protocol.scoreboard import load_targets
     from protocol.training import ablation
-    from protocol.training.ablation_jobs import AblationInputs, Job, available_cores, run_jobs
 
     spec = load_targets()
     metrics = [t.metric for t in spec.targets]
