@@ -91,21 +91,26 @@ def contrastive_loss(
     i2t_targets: SoftTargets,
     extra_image: torch.Tensor | None = None,
     extra_text: torch.Tensor | None = None,
+    *,
+    t2i_exclude: torch.Tensor | None = None,
+    i2t_exclude: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Symmetric InfoNCE over a batch of B items and M extra items (partners, negatives).
 
     text -> [batch images | extra images] with t2i_targets [B, B + M]; image -> [batch texts
     | extra texts] with i2t_targets [B, B + M'] (extra_text None: the batch texts alone,
     targets [B, B]). Relevance is symmetric (own item, same product, a paired positive), so
-    both directions can share one weight matrix. Returns (mean of both directions, parts).
+    both directions can share one weight matrix. `t2i_exclude` / `i2t_exclude` (bool, shaped as
+    the targets) leave columns out of a row's softmax: neither positive nor negative.
+    Returns (mean of both directions, parts).
     """
     image_columns, text_columns = image_emb, text_emb
     if extra_image is not None and len(extra_image):
         image_columns = torch.cat([image_emb, extra_image])
     if extra_text is not None and len(extra_text):
         text_columns = torch.cat([text_emb, extra_text])
-    t2i = info_nce(text_emb, image_columns, t2i_targets, scale)
-    i2t = info_nce(image_emb, text_columns, i2t_targets, scale)
+    t2i = info_nce(text_emb, image_columns, t2i_targets, scale, exclude=t2i_exclude)
+    i2t = info_nce(image_emb, text_columns, i2t_targets, scale, exclude=i2t_exclude)
     loss = (t2i + i2t) / 2
     return loss, {"t2i": t2i.detach(), "i2t": i2t.detach()}
 

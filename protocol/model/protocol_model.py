@@ -25,6 +25,14 @@ from PIL import Image
 from torch import nn
 
 from protocol.data.images import load_image
+from protocol.retrieval.attribute_scoring import (
+    AttributeColumns,
+    AttributeScores,
+    extend_items,
+    extend_queries,
+    ground_query_texts,
+    indicators,
+)
 
 ATTRIBUTE_HEADS = ("material", "pattern", "neckline", "sleeve")
 HEAD_KINDS = ("mlp", "linear", "identity")
@@ -44,6 +52,9 @@ class HeadsConfig:
     attribute_classes: dict[str, list[str]] = field(default_factory=dict)  # attribute -> class names
     learn_fusion: bool = True
     init_fusion: float = 0.5  # t2f weight of the image embedding: normalize(w*img + (1-w)*txt)
+    # Late-fusion weight of the attribute heads in text-query ranking (0: the embedding alone);
+    # fitted on validation during training (protocol.retrieval.attribute_scoring).
+    attribute_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("in_dim", "out_dim", "hidden_dim"):
@@ -56,6 +67,8 @@ class HeadsConfig:
             raise ValueError(f"identity heads need out_dim == in_dim, got {self.out_dim} != {self.in_dim}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"HeadsConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not (math.isfinite(self.attribute_weight) and self.attribute_weight >= 0):
+            raise ValueError(f"HeadsConfig.attribute_weight must be finite and >= 0, got {self.attribute_weight!r}")
         if not 0 < self.init_fusion < 1:
             raise ValueError(f"HeadsConfig.init_fusion must be in (0, 1) (it is a sigmoid), got {self.init_fusion!r}")
         unknown = sorted(set(self.attribute_classes) - set(ATTRIBUTE_HEADS))
@@ -161,6 +174,51 @@ class ProtocolHeads(nn.Module):
             self.train(was_training)
         return image, text
 
+    def attribute_columns(self) -> AttributeColumns:
+        """(attribute, value) of every attribute head's class, in the order of `attribute_log_probs`."""
+        return tuple((name, value) for name in self.attribute_heads for value in self.config.attribute_classes[name])
+
+    def attribute_log_probs(self, image_emb: np.ndarray, batch_size: int = EMBED_BATCH) -> np.ndarray:
+        """[N, V] each attribute head's log-probabilities of its classes, from image *embeddings*."""
+        if not len(self.attribute_heads):
+            return np.zeros((len(image_emb), 0), dtype=np.float32)
+        def log_probs(emb: torch.Tensor) -> torch.Tensor:
+            return torch.cat([F.log_softmax(head(emb), dim=-1) for head in self.attribute_heads.values()], dim=1)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                return _batched(log_probs, image_emb, batch_size)
+        finally:
+            self.train(was_training)
+
+    def query_indicators(self, query_texts: Sequence[str]) -> np.ndarray:
+        """[Q, V] 1 where a query text grounds an attribute head's class (all 0 for an empty text)."""
+        columns = self.attribute_columns()
+        return indicators(ground_query_texts(query_texts, sorted({a for a, _ in columns})), columns)
+
+    def attribute_scores(self, query_texts: Sequence[str], query_image_emb: np.ndarray, catalog_image_emb: np.ndarray,
+                         weight: float | None = None) -> AttributeScores | None:
+        """Late fusion of the attribute heads for these text queries and catalog (None: no heads, or weight 0).
+
+        `weight` None: the fitted `config.attribute_weight`.
+        """
+        weight = self.config.attribute_weight if weight is None else weight
+        if not self.attribute_columns() or weight == 0:
+            return None
+        return AttributeScores(weight, self.query_indicators(query_texts), self.attribute_log_probs(query_image_emb),
+                               self.attribute_log_probs(catalog_image_emb))
+
+    def ranking_vectors(self, query_texts: Sequence[str], query_emb: np.ndarray,
+                        catalog_image_emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(queries, catalog) whose inner products rank: the embeddings, extended for late fusion when the
+        heads have a fitted attribute weight. A query text of "" (an image query) gets no attribute term."""
+        weight = self.config.attribute_weight
+        if not self.attribute_columns() or weight == 0:
+            return query_emb, catalog_image_emb
+        return (extend_queries(query_emb, self.query_indicators(query_texts), weight),
+                extend_items(catalog_image_emb, self.attribute_log_probs(catalog_image_emb)))
+
     def state_for_checkpoint(self) -> dict[str, Any]:
         """Plain config + tensors: reloadable with torch.load(weights_only=True)."""
         return {"config": asdict(self.config), "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
@@ -185,7 +243,9 @@ def _batched(fn, feats: np.ndarray, batch_size: int) -> np.ndarray:
     if feats.ndim != 2:
         raise ValueError(f"features must be a 2-D array [n, dim], got shape {feats.shape}")
     out = [fn(torch.from_numpy(feats[i : i + batch_size])).numpy() for i in range(0, len(feats), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, feats.shape[1]), dtype=np.float32)
+    if out:
+        return np.concatenate(out)
+    return fn(torch.from_numpy(feats[:0])).numpy()  # the output's width, for no rows
 
 
 class ProtocolModel:

@@ -85,18 +85,24 @@ class SplitEvaluation:
 
 
 def evaluate_processed(cfg: EvalConfigMixin, processed, image_emb: np.ndarray, text_emb: np.ndarray, *,
-                       backbone_fingerprint: str, fusion_weight: float | None = None) -> SplitEvaluation:
-    """Evaluate embeddings of every dataset row (catalog and queries) as `cfg` says."""
+                       backbone_fingerprint: str, fusion_weight: float | None = None,
+                       heads=None) -> SplitEvaluation:
+    """Evaluate embeddings of every dataset row (catalog and queries) as `cfg` says.
+
+    `heads` (the ProtocolHeads that made the embeddings) adds their attribute late fusion to
+    the text-query modes, at their fitted weight: the ranking the served model makes.
+    """
     meta = processed.meta
     cat, qry = cfg.catalog_rows(meta), cfg.query_rows(meta)
     if len(cat) == 0 or len(qry) == 0:
         raise ValueError(f"evaluation needs catalog ({cfg.catalog_splits}) and query ({cfg.query_split}) items; "
                          f"got {len(cat)} and {len(qry)} in {processed.path}")
     queries, catalog = meta.iloc[qry].reset_index(drop=True), meta.iloc[cat].reset_index(drop=True)
+    scores = None if heads is None else heads.attribute_scores(queries["text"].tolist(), image_emb[qry], image_emb[cat])
     result = evaluate_retrieval(
         queries, text_emb[qry], image_emb[qry], catalog, image_emb[cat], text_emb[cat],
         modes=tuple(split_list(cfg.modes)), fusion_weight=cfg.fusion_weight if fusion_weight is None else fusion_weight,
-        max_queries=cfg.max_queries, seed=cfg.eval_seed,
+        max_queries=cfg.max_queries, seed=cfg.eval_seed, attribute_scores=scores,
     )
     manifest = eval_manifest(result, dataset_fingerprint=processed.fingerprint,
                              backbone_fingerprint=backbone_fingerprint,

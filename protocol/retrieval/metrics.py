@@ -46,6 +46,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from protocol.retrieval.attribute_scoring import AttributeScores, extend_items, extend_queries
 from protocol.retrieval.catalog import fuse
 from protocol.retrieval.queries import group_keys, stratified_sample
 from protocol.retrieval.search import APPROX_MIN_CATALOG, combine_reports, merge_topk, topk
@@ -54,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 ATTRIBUTES = ("category", "material", "pattern", "neckline", "sleeve", "color")
 MODES = ("t2i", "t2f", "i2i")
+TEXT_QUERY_MODES = ("t2i", "t2f")  # the modes whose queries are texts: late fusion applies to them
 UNKNOWN = "unknown"
 GRAPHIC = "graphic"
 THIN_BELOW = 5  # DESIGN: a figure with fewer than 5 queries behind it is reported but marked thin
@@ -168,15 +170,23 @@ def evaluate_retrieval(
     max_queries: int | None = None,
     seed: int = 0,
     approx_min_catalog: int = APPROX_MIN_CATALOG,
+    attribute_scores: AttributeScores | None = None,
 ) -> EvalResult:
     """Every DESIGN retrieval metric for each mode; embeddings are L2-normalised rows.
 
     `queries` / `catalog` are metadata frames in the row order of their embeddings.
     Search is `topk(backend="auto")` (approximate from `approx_min_catalog` catalog rows);
     `EvalResult.search` holds what answered each mode, with its recall vs exact.
+    `attribute_scores` (rows as `queries` and `catalog`) adds the attribute heads' late fusion
+    to the text-query modes t2i and t2f (`protocol.retrieval.attribute_scoring`).
     """
     _check_inputs(queries, query_text, query_image, "queries")
     _check_inputs(catalog, catalog_image, catalog_text, "catalog")
+    if attribute_scores is not None and (len(attribute_scores.query_indicators) != len(queries)
+                                         or len(attribute_scores.catalog_log_probs) != len(catalog)):
+        raise ValueError(f"attribute scores cover {len(attribute_scores.query_indicators)} queries and "
+                         f"{len(attribute_scores.catalog_log_probs)} catalog items, but there are {len(queries)} "
+                         f"and {len(catalog)}: make them from the same rows")
     bad_modes = [m for m in modes if m not in MODES]
     if bad_modes:
         raise ValueError(f"unknown modes {bad_modes}; use a subset of {MODES}")
@@ -205,6 +215,11 @@ def evaluate_retrieval(
             mode, query_text[rows], query_image[rows], catalog_image, catalog_text,
             query_image[extra], query_text[extra], fusion_weight,
         )
+        if attribute_scores is not None and mode in TEXT_QUERY_MODES:
+            s = attribute_scores
+            query_vecs = extend_queries(query_vecs, s.query_indicators[rows], s.weight)
+            catalog_vecs = extend_items(catalog_vecs, s.catalog_log_probs)
+            extra_vecs = extend_items(extra_vecs, s.query_log_probs[extra])
         self_in_catalog = catalog_row_of[rows] if mode == "i2i" else None
         self_in_extra = extra_row_of[rows] if mode == "i2i" else None
         catalog_search, extra_search = {}, {}

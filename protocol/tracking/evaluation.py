@@ -25,10 +25,10 @@ from protocol.retrieval.search import search_log_entries
 
 def evaluate_and_log(logger: RunLogger, cfg: EvalConfigMixin, processed, image_emb: np.ndarray,
                      text_emb: np.ndarray, eval_dir: Path, *, backbone_fingerprint: str,
-                     fusion_weight: float | None = None) -> SplitEvaluation:
+                     fusion_weight: float | None = None, heads=None) -> SplitEvaluation:
     """Evaluate embeddings of every dataset row, write the eval/ directory, log it all."""
     evaluation = evaluate_processed(cfg, processed, image_emb, text_emb, backbone_fingerprint=backbone_fingerprint,
-                                    fusion_weight=fusion_weight)
+                                    fusion_weight=fusion_weight, heads=heads)
     write_eval_dir(evaluation.result, evaluation.manifest, eval_dir)
     result = evaluation.result
     logger.log_metrics(result.metrics)

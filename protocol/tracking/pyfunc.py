@@ -109,6 +109,8 @@ class ProtocolPyfuncModel(mlflow.pyfunc.PythonModel):
             self.catalog = load_catalog(context.artifacts[CATALOG_ARTIFACT],
                                         expected_backbone_fingerprint=spec["fingerprint"])
             self.dataset_ref = (context.model_config or {}).get("dataset", "")
+            # the catalog side of the ranking vectors, made once (late fusion extends it per item)
+            self.catalog_vectors = self.model.heads.ranking_vectors([], self.catalog.image[:0], self.catalog.image)[1]
 
     def predict(self, model_input: list[Query], params: dict[str, Any] | None = None) -> list[Answer]:
         top_k = self._top_k(params)
@@ -120,7 +122,8 @@ class ProtocolPyfuncModel(mlflow.pyfunc.PythonModel):
         if images:
             embeddings[images] = self.model.encode_image_numpy([_decoded_image(model_input[i].image, i)
                                                                 for i in images])
-        matches = self._search(embeddings, top_k) if top_k else [[] for _ in model_input]
+        matches = self._search(embeddings, [q.text or "" for q in model_input], top_k) if top_k else \
+            [[] for _ in model_input]
         return [Answer(embedding=e.tolist(), matches=m) for e, m in zip(embeddings, matches)]
 
     def _top_k(self, params: dict[str, Any] | None) -> int:
@@ -133,11 +136,13 @@ class ProtocolPyfuncModel(mlflow.pyfunc.PythonModel):
                 "(models:/fashion-retrieval-protocol@champion) to search, or pass top_k=0 for embeddings")
         return top_k
 
-    def _search(self, embeddings: np.ndarray, k: int) -> list[list[Match]]:
+    def _search(self, embeddings: np.ndarray, texts: list[str], k: int) -> list[list[Match]]:
+        """Top k of the catalog, ranked as evaluation ranks: text rows with the heads' attribute late fusion."""
         from protocol.retrieval.search import topk
 
         meta = self.catalog.meta
-        scores, rows = topk(embeddings, self.catalog.image, min(k, len(meta)), backend="auto", report={})
+        queries, _ = self.model.heads.ranking_vectors(texts, embeddings, self.catalog.image[:0])
+        scores, rows = topk(queries, self.catalog_vectors, min(k, len(meta)), backend="auto", report={})
         ids, categories = meta["item_id"].astype(str).to_numpy(), meta["category2"].astype(str).to_numpy()
         urls = meta["url"].fillna("").astype(str).to_numpy() if "url" in meta else np.full(len(meta), "")
         return [[Match(item_id=ids[r], score=float(s), category=categories[r], url=urls[r],

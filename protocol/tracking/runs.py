@@ -25,7 +25,8 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.tracking import MlflowClient
 
-from protocol.training.ablation import SWITCHES
+from protocol.training.ablation import SWITCHES, VARIANTS
+from protocol.training.config import TrainConfig
 from protocol.tracking.artifact_cache import resolve_input  # noqa: F401 - stages import it from here
 from protocol.tracking.store import (  # noqa: F401 - tracking_uri: part of this module's interface
     EXPERIMENT_NAME, PROJECT_ROOT, check_artifacts_beside_store, prepare_store, tracking_uri,
@@ -153,12 +154,12 @@ NAME_SEPARATOR = " · "
 
 def variant_name(cfg: Any) -> str | None:
     """The ablation variant a config trains: `plain`, `+attribute_heads`, ..., `full`; None without the flags."""
-    if cfg is None or not all(hasattr(cfg, f) for f in VARIANT_FLAGS):
+    if cfg is None or not any(hasattr(cfg, f) for f in VARIANT_FLAGS):
         return None
-    on = [f for f in VARIANT_FLAGS if getattr(cfg, f)]
-    if not on:
-        return "plain"
-    return "full" if len(on) == len(VARIANT_FLAGS) else "".join(f"+{f}" for f in on)
+    # a config that sets some switches (the pipeline's) trains the others at their TrainConfig defaults
+    switches = {f: bool(getattr(cfg, f, getattr(TrainConfig, f))) for f in VARIANT_FLAGS}
+    named = [name for name, of_variant in VARIANTS.items() if of_variant == switches]
+    return named[0] if named else "".join(f"+{f}" for f, on in switches.items() if on)
 
 
 def describe_run(stage: str, cfg: Any = None, **facts: Any) -> tuple[str, dict[str, str]]:

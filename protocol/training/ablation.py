@@ -3,13 +3,16 @@
 Variants (each part is switched on alone over `plain`, so each row shows what that one part
 adds to the plain adapter, and `full` has them all):
 
-  plain               InfoNCE only: attribute_heads, balanced_sampling and hard_negatives off
-  +attribute_heads    plain + the attribute classifiers on the image embeddings
-  +balanced_sampling  plain + anchors drawn towards weak classes, rare materials, known necklines
-  +hard_negatives     plain + negative pairs (mined, attribute-targeted, easy) as extra columns
-  +graded_pairs       plain + graded soft targets per pair type, contradictions down-weighted
-                      (only when asked for by name)
-  full                all on (the shipped `train` configuration)
+  plain                InfoNCE only: every switch below off
+  +attribute_heads     plain + the attribute classifiers on the image embeddings (a training loss only)
+  +attribute_scoring   plain + the attribute heads, their predictions also in text -> image ranking
+                       (late fusion, weight fitted on validation)
+  +balanced_sampling   plain + anchors drawn towards weak classes, rare materials, known necklines
+  +hard_negatives      plain + negative pairs (mined, attribute-targeted, easy) as extra columns
+  +graded_pairs        plain + graded soft targets per pair type, contradictions down-weighted
+  +image_side_pairs    plain + partners (and negatives, where drawn) train the image head too
+  +neutral_compatible  plain + same-category columns compatible with the anchor left out of its softmax
+  full                 all on (the shipped `train` configuration)
 
 plain still has its pairs.parquet partners, every positive at full weight (multi-positive
 InfoNCE). One at a time rather than cumulative, so each row shows what that one part adds.
@@ -41,17 +44,18 @@ import pandas as pd
 from protocol.io import atomic_path, write_json
 from protocol.training.config import TrainConfig
 
-SWITCHES = ("attribute_heads", "balanced_sampling", "hard_negatives", "graded_pairs")
-# graded_pairs has no one-at-a-time variant of its own by default: it is part of `full`
-# ("everything, graded pair types included"); `+graded_pairs` can be asked for by name.
-ONE_AT_A_TIME = ("attribute_heads", "balanced_sampling", "hard_negatives")
+SWITCHES = ("attribute_heads", "attribute_scoring", "balanced_sampling", "hard_negatives", "graded_pairs",
+            "image_side_pairs", "neutral_compatible")
+# One variant per switch: plain with that switch on (and what it needs: scoring by the attribute
+# heads needs the heads), so each row shows what one part adds to plain InfoNCE.
+ONE_AT_A_TIME = SWITCHES
+NEEDS = {"attribute_scoring": ("attribute_heads",)}
 VARIANTS: dict[str, dict[str, bool]] = {
     "plain": dict.fromkeys(SWITCHES, False),
-    **{f"+{switch}": {s: s == switch for s in SWITCHES} for switch in ONE_AT_A_TIME},
+    **{f"+{switch}": {s: s == switch or s in NEEDS.get(switch, ()) for s in SWITCHES} for switch in ONE_AT_A_TIME},
     "full": dict.fromkeys(SWITCHES, True),
-    "+graded_pairs": {s: s == "graded_pairs" for s in SWITCHES},
 }
-DEFAULT_VARIANTS = ("plain", *(f"+{switch}" for switch in ONE_AT_A_TIME), "full")
+DEFAULT_VARIANTS = tuple(VARIANTS)
 BASELINE_VARIANT, FULL_VARIANT = "plain", "full"
 # Set by each variant, never by the caller's base config: the seed comes from the seeds list.
 VARIANT_FIELDS = ("seed", *SWITCHES)

@@ -92,7 +92,7 @@ def run_job(inputs: AblationInputs, job: Job, logger: RunLogger) -> VariantRun:
     image, text = heads.embed_numpy(inputs.features.image, inputs.features.text)
     evaluation = evaluate_processed(
         inputs.eval_config, inputs.processed, image, text, backbone_fingerprint=inputs.backbone_fingerprint,
-        fusion_weight=heads.fusion_weight if heads.config.learn_fusion else None)
+        fusion_weight=heads.fusion_weight if heads.config.learn_fusion else None, heads=heads)
     table = evaluation.result.queries[inputs.mode]
     found = {m: evaluation.result.metrics.get(m, math.nan) for m in inputs.metrics}
     logger.log_metrics({f"test.{m}": v for m, v in found.items() if math.isfinite(v)})

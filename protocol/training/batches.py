@@ -14,7 +14,10 @@ item's own image weighs 1, an image of the same (confident) product group and a 
 weigh their type's relevance, and a partner that contradicts its anchor on an attribute both
 know (neckline, material, pattern, sleeve) has its weight multiplied by
 `contradiction_factor`, so a same-category-and-material
-positive with another neckline never teaches that the necklines match.
+positive with another neckline never teaches that the necklines match. With
+`neutral_compatible`, a column of the anchor's category that contradicts none of its known
+attributes and is no positive of it is left out of its softmax (`StepPlan.neutral`): nothing
+says it does not fit the anchor's text, so it is not pushed away.
 """
 
 from __future__ import annotations
@@ -114,6 +117,10 @@ class StepPlan:
     known: dict[str, int]  # attribute -> number of known labels in the batch
     bank_extra: torch.Tensor | None  # embedding-bank positions of extra_rows (None without a bank)
     negative_types: np.ndarray  # [M] type index of each negative column
+    # [B, B + P + M] same-category columns that contradict no known attribute of the anchor and are no
+    # positive of it: left out of its softmax (None: neutral_compatible off); i2t_neutral for i2t_targets
+    neutral: torch.Tensor | None = None
+    i2t_neutral: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -149,8 +156,9 @@ class StepPlanner:
     """Draws of one step -> `StepPlan`."""
 
     def __init__(self, data: TrainingData, *, relevance: Relevance, group_positives: bool, fusion: bool,
-                 text_negatives: bool, bank: "EmbeddingBank | None" = None):
+                 text_negatives: bool, bank: "EmbeddingBank | None" = None, neutral_compatible: bool = False):
         self.groups = data.groups if group_positives else None
+        self.categories = data.category_codes if neutral_compatible else None
         self.attributes = AttributeIndicators.from_codes(data.attribute_codes)
         self.labels = {k: v.numpy() for k, v in data.labels.items()}
         self.relevance = relevance
@@ -175,9 +183,17 @@ class StepPlanner:
             shows = partners[:, None] == columns[None, :]
             relevance[has_partner] = np.maximum(relevance[has_partner],
                                                 shows * self.partner_weights[partner_type[has_partner]][:, None])
-        relevance[self.attributes.contradicts(anchors, columns)] *= np.float32(self.relevance.contradiction_factor)
+        contradicts = self.attributes.contradicts(anchors, columns)
+        relevance[contradicts] *= np.float32(self.relevance.contradiction_factor)
         own = anchors[:, None] == columns[None, :]
         weights = np.where(own, np.float32(1.0), relevance)  # the item's own image weighs most
+        neutral = i2t_neutral = None
+        if self.categories is not None:
+            same_category = (self.categories[anchors][:, None] == self.categories[columns][None, :]) & \
+                (self.categories[anchors][:, None] >= 0)
+            compatible = same_category & ~contradicts & (weights == 0)
+            neutral = torch.from_numpy(compatible)
+            i2t_neutral = neutral if self.text_negatives else torch.from_numpy(np.ascontiguousarray(compatible[:, :size]))
         fusion = fusion_exclude = None
         if self.fusion and n_partners:
             n = size + n_partners
@@ -200,6 +216,8 @@ class StepPlanner:
             known={k: int(np.count_nonzero(v != IGNORE_INDEX)) for k, v in labels.items()},
             bank_extra=None if self.bank_position is None else torch.from_numpy(self.bank_position[columns[size:]]),
             negative_types=negative_type[drawn],
+            neutral=neutral,
+            i2t_neutral=i2t_neutral,
         )
 
 

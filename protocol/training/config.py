@@ -47,6 +47,9 @@ class TrainConfig:
     dropout: float = HeadsConfig.dropout
     attribute_heads: bool = HeadsConfig.attribute_heads
     learn_fusion: bool = HeadsConfig.learn_fusion
+    # text -> image ranking adds the attribute heads' log-probabilities of the query's grounded values,
+    # weighted by a late-fusion weight fitted on validation each epoch (needs attribute_heads)
+    attribute_scoring: bool = True
     fusion_weight: float = HeadsConfig.init_fusion  # initial value when learned
     # supervision switches
     balanced_sampling: bool = SamplerConfig.balanced
@@ -56,6 +59,12 @@ class TrainConfig:
     # it cost every locked target (see docs/ARCHITECTURE.md, "Training defaults"), and image -> text is
     # no retrieval mode of the project; the negatives' images stay text -> image columns either way
     image_to_text_negatives: bool = False
+    # partners and negatives enter the image side with gradients (the image head learns from graded
+    # pairs and mined confusers too); off: they are embedding-bank lookups that train the text head only
+    image_side_pairs: bool = True
+    # same-category columns that contradict no known attribute of the anchor are left out of its
+    # softmax instead of being pushed away as negatives (they may well be what the text describes)
+    neutral_compatible: bool = True
     use_group_positives: bool = True  # in-batch images of one product group are positives
     min_group_confidence: float = MIN_GROUP_CONFIDENCE  # ... of groups.json groups this confident only
     pair_positives: bool = True  # one positive partner per anchor from pairs.parquet

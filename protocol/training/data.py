@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from protocol.data.hard_negatives import attribute_codes, known_mask, product_codes
+from protocol.data.hard_negatives import attribute_codes, category_mask, known_mask, product_codes
 from protocol.data.pair_rules import PAIR_TYPES, POSITIVE_TYPES, group_columns
 from protocol.data.schema import require_columns
 from protocol.model.losses import IGNORE_INDEX
@@ -40,7 +40,7 @@ from protocol.model.protocol_model import ATTRIBUTE_HEADS
 logger = logging.getLogger(__name__)
 
 TRAIN_SPLIT = "train"
-META_COLUMNS = ("item_id", "split", *ATTRIBUTE_HEADS)
+META_COLUMNS = ("item_id", "split", "category1", "category2", *ATTRIBUTE_HEADS)
 REQUIRED_PAIR_COLUMNS = ("anchor_id", "other_id", "label", "pair_type")
 NEGATIVE_COLUMNS = ("anchor_id", "negative_id")
 PARTNER_TYPES = tuple(t for t in PAIR_TYPES if t in POSITIVE_TYPES)
@@ -51,6 +51,11 @@ MINED_TYPE = "hard_mined"  # the type the confusers of hard_negatives.parquet be
 MIX_TOLERANCE = 0.02
 # Fitting the per-type choice converges geometrically; this many rounds settle it to < 1e-6.
 FIT_ITERATIONS = 200
+# Garments that have no such part, by category1: their head label is NONE_CLASS (when nothing was
+# grounded) instead of being ignored, so the head learns that trousers have no neckline, and late
+# fusion reads a low p(v-neck) on trousers rather than whatever a head never trained there says.
+NOT_APPLICABLE = {"neckline": ("bottoms",), "sleeve": ("bottoms",)}
+NONE_CLASS = "none"
 
 
 @dataclass
@@ -154,6 +159,7 @@ class TrainingData:
     labels: dict[str, torch.Tensor]  # attribute -> [N] class index or IGNORE_INDEX
     attribute_classes: dict[str, list[str]]
     attribute_codes: np.ndarray  # [N, len(ATTRIBUTE_HEADS)] value codes, -1 unknown: what a positive may contradict
+    category_codes: np.ndarray  # [N] category2 code, -1 where the graphic policy leaves it out (graphic, unknown)
     train_rows: np.ndarray  # anchor rows
     partners: TypedPool
     negatives: TypedPool
@@ -217,7 +223,8 @@ def build_training_data(features, meta: pd.DataFrame, pairs: pd.DataFrame, hard_
                            "of the negatives: give hard_mined a share in the pairs stage to use them", int(keep.sum()))
     partners = _typed_pool(PARTNER_TYPES, edges, counts, n)
     negatives = _typed_pool(NEGATIVE_TYPES, edges, counts, n)
-    classes = attribute_classes(meta.iloc[train_rows]) if attribute_heads else {}
+    head_labels = attribute_head_labels(meta)
+    classes = attribute_classes(head_labels.iloc[train_rows]) if attribute_heads else {}
     logger.info("training data: %d train anchors, %d train pairs (%s), %d with a partner, %d with a negative",
                 len(train_rows), int(in_train.sum()), ", ".join(f"{t} {c}" for t, c in counts.items()),
                 int(partners.available(train_rows).any(axis=1).sum()),
@@ -226,14 +233,21 @@ def build_training_data(features, meta: pd.DataFrame, pairs: pd.DataFrame, hard_
         image=torch.from_numpy(np.ascontiguousarray(features.image, dtype=np.float32)),
         text=torch.from_numpy(np.ascontiguousarray(features.text, dtype=np.float32)),
         groups=confident_group_codes(meta, groups, min_group_confidence),
-        labels={a: torch.from_numpy(encode_labels(meta[a], c)) for a, c in classes.items()},
+        labels={a: torch.from_numpy(encode_labels(head_labels[a], c)) for a, c in classes.items()},
         attribute_classes=classes,
         attribute_codes=attribute_codes(meta, ATTRIBUTE_HEADS),
+        category_codes=category_codes(meta),
         train_rows=train_rows,
         partners=partners,
         negatives=negatives,
         n_train_pairs=int(in_train.sum()),
     )
+
+
+def category_codes(meta: pd.DataFrame) -> np.ndarray:
+    """[N] one code per category2; -1 for items the graphic policy keeps out of category supervision."""
+    codes, _ = pd.factorize(meta["category2"].astype(str))
+    return np.where(category_mask(meta), codes, -1).astype(np.int64)
 
 
 def confident_group_codes(meta: pd.DataFrame, groups: pd.DataFrame | None, min_confidence: float) -> np.ndarray:
@@ -265,6 +279,17 @@ def check_features(features, meta: pd.DataFrame) -> None:
             rows = np.flatnonzero(bad)
             raise ValueError(f"{kind} features of {len(rows)} item(s) are not finite, e.g. {ids[rows[:3]].tolist()}: "
                              "the feature cache is corrupt; delete it and re-run the baseline stage")
+
+
+def attribute_head_labels(meta: pd.DataFrame) -> pd.DataFrame:
+    """Per attribute head, what each item trains on: its grounded value; NONE_CLASS where its category1
+    has no such part (NOT_APPLICABLE) and nothing was grounded; else unknown (ignored)."""
+    labels = meta[list(ATTRIBUTE_HEADS)].astype(str).copy()
+    category1 = meta["category1"].astype(str).str.strip().str.lower()
+    for attribute, groups in NOT_APPLICABLE.items():
+        absent = category1.isin(groups).to_numpy() & ~known_mask(meta[attribute])
+        labels.loc[absent, attribute] = NONE_CLASS
+    return labels
 
 
 def attribute_classes(train_meta: pd.DataFrame) -> dict[str, list[str]]:

@@ -46,7 +46,7 @@ from protocol.training.optim import (
 )
 from protocol.training.reporting import LOG_FILE, StepRecord, TrainLog, epoch_means
 from protocol.training.step import StepLoss
-from protocol.training.validation import deltas, validate
+from protocol.training.validation import ATTRIBUTE_WEIGHT, deltas, validate
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +167,10 @@ class _Trainer:
                      if cfg.bank_refresh_steps > 0 and (self.n_partners or self.n_negatives) else None)
         self.planner = StepPlanner(self.data, relevance=cfg.relevance(), group_positives=cfg.use_group_positives,
                                    fusion=self.use_fusion_term, text_negatives=cfg.image_to_text_negatives,
-                                   bank=self.bank)
+                                   bank=self.bank, neutral_compatible=cfg.neutral_compatible)
         self.step_loss = StepLoss(self.data, self.bank, head_weights=cfg.head_weights(),
-                                  weights=(cfg.w_contrastive, cfg.w_attribute, cfg.w_fusion))
+                                  weights=(cfg.w_contrastive, cfg.w_attribute, cfg.w_fusion),
+                                  image_gradients=cfg.image_side_pairs)
         if cfg.use_group_positives and groups is None:
             log.warning("use_group_positives is on but no groups.json was given: no in-batch group positives "
                         "(pass the groups stage's groups.json)")
@@ -356,9 +357,14 @@ class _Trainer:
     # ----------------------------------------------------------------------------- validation
 
     def _validate(self, heads: ProtocolHeads) -> dict[str, float]:
+        """Validation metrics; with attribute_scoring, at the late-fusion weight fitted on them, which the
+        heads (and so their checkpoint) then carry."""
         cfg = self.cfg
-        return validate(heads, self.features, self.meta, max_catalog=cfg.val_max_catalog,
-                        max_queries=cfg.val_max_queries, seed=cfg.seed)
+        metrics = validate(heads, self.features, self.meta, max_catalog=cfg.val_max_catalog,
+                           max_queries=cfg.val_max_queries, seed=cfg.seed,
+                           fit_attribute_weight=cfg.attribute_scoring)
+        heads.config.attribute_weight = metrics.get(ATTRIBUTE_WEIGHT, heads.config.attribute_weight)
+        return metrics
 
     def _check_primary_metric(self, metrics: dict[str, float]) -> None:
         if self.cfg.primary_metric not in metrics:

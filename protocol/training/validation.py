@@ -5,6 +5,10 @@ the catalog is a seeded sample of up to `max_catalog` train-split items. Embeddi
 the heads applied to the cached backbone features, so a validation costs a few matrix
 products. The same call with `ProtocolHeads.identity` is the zero-shot reference that
 training deltas are measured against.
+
+Text-query modes rank with the heads' attribute late fusion at `heads.config.attribute_weight`,
+as evaluation and serving do; `fit_attribute_weight` first picks that weight on these queries
+(`protocol.retrieval.attribute_scoring.fit_attribute_weight`) and reports it as `attribute_weight`.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import pandas as pd
 
 from protocol.data.schema import require_columns
 from protocol.model.protocol_model import ProtocolHeads
+from protocol.retrieval import attribute_scoring
 from protocol.retrieval.metrics import MODES, evaluate_retrieval
 
 QUERY_SPLIT = "val"
 CATALOG_SPLIT = "train"
 COUNT_SUFFIX = "n_queries"  # evaluate_retrieval also reports how many queries a mode used
+ATTRIBUTE_WEIGHT = "attribute_weight"  # the fitted late-fusion weight, among the returned figures
 
 
 def validation_rows(meta: pd.DataFrame, max_catalog: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,6 +53,7 @@ def validate(
     seed: int = 0,
     fusion_weight: float | None = None,
     modes=MODES,
+    fit_attribute_weight: bool = False,
 ) -> dict[str, float]:
     """Retrieval metrics (DESIGN names, e.g. "t2i.neckline.p10") of `heads` on the mini catalog."""
     if len(meta) != len(features.image):
@@ -56,18 +63,27 @@ def validate(
     rows = np.concatenate([query_rows, catalog_rows])
     image, text = heads.embed_numpy(features.image[rows], features.text[rows])
     n = len(query_rows)
-    result = evaluate_retrieval(
-        meta.iloc[query_rows].reset_index(drop=True), text[:n], image[:n],
-        meta.iloc[catalog_rows].reset_index(drop=True), image[n:], text[n:],
-        modes=modes,
-        fusion_weight=heads.fusion_weight if fusion_weight is None else fusion_weight,
-        max_queries=max_queries,
-        seed=seed,
-    )
-    return result.metrics
+    queries = meta.iloc[query_rows].reset_index(drop=True)
+    scores = heads.attribute_scores(queries["text"].astype(str).tolist(), image[:n], image[n:], weight=1.0)
+
+    def evaluate(weight: float, eval_modes) -> dict[str, float]:
+        return evaluate_retrieval(
+            queries, text[:n], image[:n], meta.iloc[catalog_rows].reset_index(drop=True), image[n:], text[n:],
+            modes=eval_modes,
+            fusion_weight=heads.fusion_weight if fusion_weight is None else fusion_weight,
+            max_queries=max_queries,
+            seed=seed,
+            attribute_scores=scores.with_weight(weight) if scores is not None and weight > 0 else None,
+        ).metrics
+
+    weight = heads.config.attribute_weight
+    if fit_attribute_weight and scores is not None:
+        weight, _ = attribute_scoring.fit_attribute_weight(lambda w: evaluate(w, ("t2i",)))
+    metrics = evaluate(weight, modes)
+    return metrics | {ATTRIBUTE_WEIGHT: weight} if scores is not None else metrics
 
 
 def deltas(metrics: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
     """"delta.<name>": (metric - reference) in points (x100), for the fractions in both (counts left out)."""
     return {f"delta.{name}": 100.0 * (value - reference[name]) for name, value in metrics.items()
-            if name in reference and not name.endswith(COUNT_SUFFIX)}
+            if name in reference and not name.endswith(COUNT_SUFFIX) and name != ATTRIBUTE_WEIGHT}

@@ -221,3 +221,20 @@ def test_served_answers_are_what_the_registered_model_computes(served_champion):
 def test_bad_input_is_answered_with_400_and_a_clear_message(served_champion, payload, message):
     status, body = post(served_champion, payload)
     assert status == 400 and message in body["message"], body
+
+
+def test_served_top_k_is_the_ranking_that_evaluate_measured(served_champion, catalog_and_queries, champion_store):
+    """The same query text gets the same top-10 from the server as in evaluate's per-query table
+    (late fusion at the checkpoint's fitted attribute weight on both sides)."""
+    _, _, candidate = champion_store
+    catalog, processed, _ = catalog_and_queries
+    evaluate_run = MlflowClient().search_runs(
+        [candidate_experiment(candidate)], f"tags.stage = 'evaluate' and tags.`candidate.version` = '{candidate.version}'")[0]
+    table = pd.read_parquet(resolve_input(f"runs:/{evaluate_run.info.run_id}/eval/queries_t2i.parquet", "evaluation"))
+    text_of = dict(zip(processed.meta["item_id"], processed.meta["text"]))
+    picked = table.head(8)
+    status, body = post(served_champion, {"inputs": [{"text": text_of[q]} for q in picked["query_id"]],
+                                          "params": {"top_k": TOP_K}})
+    assert status == 200, body
+    served = [[m["item_id"] for m in answer["matches"]] for answer in body["predictions"]]
+    assert served == [list(top) for top in picked["top10"]]

@@ -17,8 +17,10 @@ EVIDENCE = dict(resamples=2000, seed=0, confidence=0.95)
 
 
 def test_each_variant_switches_on_one_part_over_plain_and_is_named_as_a_train_run_would_be():
-    assert list(DEFAULT_VARIANTS) == ["plain", "+attribute_heads", "+balanced_sampling", "+hard_negatives", "full"]
-    assert list(VARIANTS) == [*DEFAULT_VARIANTS, "+graded_pairs"]  # asked for by name only
+    assert list(DEFAULT_VARIANTS) == ["plain", "+attribute_heads", "+attribute_scoring", "+balanced_sampling",
+                                      "+hard_negatives", "+graded_pairs", "+image_side_pairs",
+                                      "+neutral_compatible", "full"]
+    assert list(VARIANTS) == list(DEFAULT_VARIANTS)
     base = TrainConfig(lr=3e-4)
     for variant in VARIANTS:
         cfg = variant_config(base, variant, 2)
@@ -26,7 +28,8 @@ def test_each_variant_switches_on_one_part_over_plain_and_is_named_as_a_train_ru
         assert variant_name(cfg) == variant  # the `variant` tag of a train run with these switches
     on = {v: [s for s in ablation.SWITCHES if VARIANTS[v][s]] for v in VARIANTS}
     assert on["plain"] == [] and on["full"] == list(ablation.SWITCHES)
-    assert all(on[f"+{s}"] == [s] for s in ablation.SWITCHES)
+    assert all(on[f"+{s}"] == [s] for s in ablation.SWITCHES if s != "attribute_scoring")
+    assert on["+attribute_scoring"] == ["attribute_heads", "attribute_scoring"]  # scoring needs the heads
     with pytest.raises(ValueError, match="unknown ablation variant 'half'; the variants are plain, "):
         variant_config(base, "half", 0)
 
@@ -35,7 +38,8 @@ def test_each_variant_switches_on_one_part_over_plain_and_is_named_as_a_train_ru
 def test_a_bad_variant_list_names_the_valid_variants(text):
     assert parse_variants(" plain, full") == ("plain", "full")
     with pytest.raises(ValueError, match=r"parameter 'variants'.*the variants are plain, \+attribute_heads, "
-                                         r"\+balanced_sampling, \+hard_negatives, full"):
+                                         r"\+attribute_scoring, \+balanced_sampling, \+hard_negatives, \+graded_pairs, "
+                                         r"\+image_side_pairs, \+neutral_compatible, full"):
         parse_variants(text)
 
 

@@ -299,3 +299,40 @@ def test_bank_takes_the_embeddings_of_the_extra_rows(synthetic, data):
     for name, labels in data.labels.items():
         assert torch.equal(plan.labels[name], labels[plan.anchors])
         assert plan.known[name] == int((labels[plan.anchors] != IGNORE_INDEX).sum())
+
+
+def test_a_same_category_column_that_contradicts_nothing_is_left_out_not_pushed_away(data):
+    codes, categories, train = data.attribute_codes, data.category_codes, data.train_rows
+
+    def contradicts(r, anchor):
+        return bool(((codes[r] >= 0) & (codes[anchor] >= 0) & (codes[r] != codes[anchor])).any())
+
+    anchor = next(r for r in train if categories[r] >= 0 and (codes[r] >= 0).sum() >= 2)
+    same = [r for r in train if r != anchor and categories[r] == categories[anchor]]
+    compatible = next(r for r in same if not contradicts(r, anchor))
+    clashing = next(r for r in same if contradicts(r, anchor))
+    other = next(r for r in train if categories[r] >= 0 and categories[r] != categories[anchor])
+    planner = StepPlanner(data, relevance=Relevance(), group_positives=False, fusion=False, text_negatives=False,
+                          neutral_compatible=True)
+    negatives = np.array([compatible, clashing, other])
+    plan = planner.plan(np.array([anchor, other]), np.array([-1, -1]), np.array([-1, -1]), negatives,
+                        np.zeros(3, dtype=np.int64))
+    # columns: anchor, other (the batch), then the three negatives
+    assert plan.neutral[0].tolist() == [False, False, True, False, False]  # only the compatible one
+    assert plan.weights[0, 2] == 0.0 and plan.i2t_neutral.shape == (2, 2)
+    assert not plan.neutral[0, 0]  # its own image stays the positive
+    off = StepPlanner(data, relevance=Relevance(), group_positives=False, fusion=False, text_negatives=False)
+    assert off.plan(np.array([anchor, other]), np.array([-1, -1]), np.array([-1, -1]), negatives,
+                    np.zeros(3, dtype=np.int64)).neutral is None  # neutral_compatible off: every column a negative
+
+
+def test_trousers_learn_none_for_the_neckline_head_they_have_no_neckline_for():
+    from protocol.training.data import NONE_CLASS, attribute_head_labels
+
+    meta = pd.DataFrame({"category1": ["bottoms", "tops", "bottoms", "Bottoms"], "material": "denim",
+                         "pattern": "unknown", "neckline": ["unknown", "unknown", "crew", "unknown"],
+                         "sleeve": "unknown"})
+    labels = attribute_head_labels(meta)
+    assert labels["neckline"].tolist() == [NONE_CLASS, "unknown", "crew", NONE_CLASS]  # a said value stands
+    assert labels["sleeve"].tolist() == [NONE_CLASS, "unknown", NONE_CLASS, NONE_CLASS]
+    assert labels["material"].tolist() == ["denim"] * 4  # every garment has a material

@@ -85,8 +85,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                                     {**baseline_catalog.manifest, "heads": str(ckpt_path.name),
                                      "candidate_version": version.version if version else None})
         evaluation = evaluate_and_log(logger, cfg, processed, image_emb, text_emb, catalog_dir / "eval",
-                                      backbone_fingerprint=backbone_fp, fusion_weight=fusion)
-        logger.log_metrics({"fusion_weight": fusion})
+                                      backbone_fingerprint=backbone_fp, fusion_weight=fusion, heads=heads)
+        logger.log_metrics({"fusion_weight": fusion, "attribute_weight": heads.config.attribute_weight})
         logger.log_artifact(catalog_dir / "eval", "eval")
         logger.log_artifact(catalog_dir, "catalog")
 

@@ -187,7 +187,9 @@ class EpochGallery:
         else:
             _, query_emb = heads.embed_numpy(None, self.query_text)
             catalog_emb, _ = heads.embed_numpy(self.catalog_image, None)
-            _, rankings = topk(query_emb, catalog_emb, min(GALLERY_RESULTS, len(self.catalog)), backend="auto",
+            query_vecs, catalog_vecs = heads.ranking_vectors(self.queries["text"].astype(str).tolist(), query_emb,
+                                                             catalog_emb)
+            _, rankings = topk(query_vecs, catalog_vecs, min(GALLERY_RESULTS, len(self.catalog)), backend="auto",
                                report={})
         rows = [GalleryRow(i, rankings[i], label) for i, label in enumerate(self.labels[:len(rankings)])]
         return compose_gallery(rows, self.queries, self.catalog, self.load_image, DEFAULT_ATTRIBUTES,
