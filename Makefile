@@ -8,7 +8,13 @@ SERVER_STAMP := $(VENV)/.installed-server
 export PATH := $(VENV)/bin:$(PATH)
 export MLFLOW_EXPERIMENT_NAME ?= fashion-retrieval
 
-.PHONY: setup store demo test ui clean clean-cache server server-stop server-status
+.PHONY: setup store demo test ui serve clean clean-cache server server-stop server-status
+
+# The tracking store every target reads, by protocol.tracking.store's own rule (MLFLOW_TRACKING_URI, else
+# sqlite:///<project>/mlflow.db, made absolute): one rule, so `make ui` and `make serve` see what the runs wrote.
+STORE_URI = python -c 'import sys; sys.excepthook = lambda t, e, tb: print(f"error: {e}", file=sys.stderr); \
+	from protocol.tracking.store import tracking_uri; print(tracking_uri())'
+REGISTERED_MODEL := fashion-retrieval-protocol
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -24,9 +30,10 @@ $(TEST_STAMP): $(STAMP)
 	scripts/server.sh install
 	touch $(TEST_STAMP)
 
+# The test install (newer than the base one) holds the server extra and PostgreSQL too: nothing to install then.
 $(SERVER_STAMP): $(STAMP)
-	$(VENV)/bin/python -m pip install --quiet -e ".[dev,server]"
-	scripts/server.sh install
+	if [ ! -f $(TEST_STAMP) ] || [ $(STAMP) -nt $(TEST_STAMP) ]; then \
+	  $(VENV)/bin/python -m pip install --quiet -e ".[dev,server]" && scripts/server.sh install; fi
 	touch $(SERVER_STAMP)
 
 # Creates or migrates the tracking store (MLFLOW_TRACKING_URI, else ./mlflow.db) under a file lock,
@@ -41,9 +48,25 @@ demo: store
 test: $(TEST_STAMP)
 	python -m pytest -q
 
-# Opens the MLflow UI on the project's tracking store.
+# The MLflow UI on the tracking store, at http://127.0.0.1:$(PORT). A tracking server (http://...) serves its own UI.
+ui: PORT ?= 5000
 ui: setup
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+	@uri=$$($(STORE_URI)) || exit 1; \
+	if [[ $$uri == http* ]]; then echo "error: MLFLOW_TRACKING_URI=$$uri is a tracking server: its UI is at $$uri" >&2; exit 2; fi; \
+	echo "mlflow ui on $$uri at http://127.0.0.1:$(PORT)"; \
+	exec mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(PORT)
+
+# Serves a registered version of the model (VERSION: @alias or a number) at http://127.0.0.1:$(PORT)/invocations.
+# `mlflow models serve` starts uvicorn from PATH, which this Makefile puts .venv/bin on.
+serve: PORT ?= 5001
+serve: VERSION ?= @champion
+serve: setup
+	@[[ "$(VERSION)" =~ ^(@[A-Za-z0-9_-]+|[0-9]+)$$ ]] \
+	  || { echo "error: VERSION='$(VERSION)' is neither an alias (VERSION=@champion) nor a version number (VERSION=3)" >&2; exit 2; }; \
+	uri=$$($(STORE_URI)) || exit 1; \
+	model="models:/$(REGISTERED_MODEL)$(if $(filter @%,$(VERSION)),$(VERSION),/$(VERSION))"; \
+	echo "serving $$model of $$uri at http://127.0.0.1:$(PORT)/invocations"; \
+	MLFLOW_TRACKING_URI="$$uri" exec mlflow models serve -m "$$model" --env-manager local --host 127.0.0.1 --port $(PORT)
 
 # A team tracking server, left running: PostgreSQL (data in .server/pgdata, unix socket only) and
 # `mlflow server` on http://127.0.0.1:5050 with proxied artifacts in .server/artifacts.

@@ -19,15 +19,21 @@ from tests.fresh_clone import make_fresh_clone, user_shell_env
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 EXPECT_FAILURE = "fails:"
-# command prefix -> why the README test does not run it
+# command prefix -> why the README test does not run it (the first prefix that matches: `make server`
+# before `make serve`)
 EXPENSIVE = {
     "make demo": "the whole pipeline on 600 products, minutes on 2 cores (tests/e2e runs it on tiny data)",
     "make test": "the test suite itself",
-    "make ui": "a server that runs until it is stopped",
-    ".venv/bin/mlflow models serve": "serves @champion, which only a full pipeline creates (tests/e2e/test_serve.py)",
-    "curl": "talks to that server",
+    "make ui": "a server that runs until it is stopped (tests/e2e/test_readme_servers.py runs it as written)",
+    'PATH="$PWD/.venv/bin:$PATH" mlflow models serve': "the same server without make "
+                                                       "(tests/e2e/test_readme_servers.py)",
+    "curl": "talks to that server (tests/e2e/test_readme_servers.py sends it to both serve lines)",
     ".venv/bin/python benchmarks/": "benchmarks take minutes and want a quiet machine",
-    "make server": "starts PostgreSQL and a tracking server that stay up (tests/e2e/test_server.py runs them)",
+    "make server": "starts PostgreSQL and a tracking server that stay up (tests/e2e/test_readme_servers.py runs "
+                   "make server, server-status and server-stop as written; tests/e2e/test_server.py runs pipelines "
+                   "on the server)",
+    "make serve": "serves @champion, which only a pipeline creates (tests/e2e/test_readme_servers.py runs it as "
+                  "written on the tiny pipeline's store)",
     "export MLFLOW_TRACKING_URI=http://": "points the shell at that server",
     ".venv/bin/mlflow run . -e pipeline": "the whole pipeline on 600 products (tests/e2e runs it on tiny data)",
     "ray start": "starts a Ray cluster node that stays up (tests/model/test_features_ray.py uses a local Ray)",
@@ -76,6 +82,12 @@ def test_the_readme_has_commands_to_run_and_every_skip_is_still_in_it():
     assert any(c.startswith(".venv/bin/mlflow run . -e baseline") for c in runnable)
     for prefix in EXPENSIVE:
         assert any(c.startswith(prefix) for c, _ in COMMANDS), f"{prefix!r} is no longer in the README: drop it here"
+
+
+def test_every_test_named_as_covering_a_skipped_command_exists():
+    named = {path for why in EXPENSIVE.values() for path in re.findall(r"tests/[\w/]+\.py", why)}
+    assert named, "the skips should name the tests that run their commands"
+    assert not [path for path in named if not (ROOT / path).is_file()]
 
 
 def test_a_users_shell_has_no_mlflow_on_path(clone):
