@@ -8,7 +8,7 @@ SERVER_STAMP := $(VENV)/.installed-server
 export PATH := $(VENV)/bin:$(PATH)
 export MLFLOW_EXPERIMENT_NAME ?= fashion-retrieval
 
-.PHONY: setup store demo test ui serve clean clean-cache server server-stop server-status
+.PHONY: setup store demo test ui serve search clean clean-cache server server-stop server-status
 
 # The tracking store every target reads, by protocol.tracking.store's own rule (MLFLOW_TRACKING_URI, else
 # sqlite:///<project>/mlflow.db, made absolute): one rule, so `make ui` and `make serve` see what the runs wrote.
@@ -28,6 +28,7 @@ setup: $(STAMP)
 $(TEST_STAMP): $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet -e ".[dev,ray,server]"
 	scripts/server.sh install
+	scripts/install_chromium.sh
 	touch $(TEST_STAMP)
 
 # The test install (newer than the base one) holds the server extra and PostgreSQL too: nothing to install then.
@@ -67,6 +68,16 @@ serve: setup
 	model="models:/$(REGISTERED_MODEL)$(if $(filter @%,$(VERSION)),$(VERSION),/$(VERSION))"; \
 	echo "serving $$model of $$uri at http://127.0.0.1:$(PORT)/invocations"; \
 	MLFLOW_TRACKING_URI="$$uri" exec mlflow models serve -m "$$model" --env-manager local --host 127.0.0.1 --port $(PORT)
+
+# The search page at http://127.0.0.1:$(PORT): what VERSION (@alias or a number) finds beside @baseline.
+# Its model links open the MLflow UI at MLFLOW_UI (`make ui`'s address).
+search: PORT ?= 8000
+search: VERSION ?= @champion
+search: MLFLOW_UI ?= http://127.0.0.1:5000
+search: setup
+	@uri=$$($(STORE_URI)) || exit 1; \
+	echo "search page for $(VERSION) beside @baseline, on $$uri"; \
+	MLFLOW_TRACKING_URI="$$uri" exec python -m protocol.search_app --port $(PORT) --version "$(VERSION)" --mlflow-ui "$(MLFLOW_UI)"
 
 # A team tracking server, left running: PostgreSQL (data in .server/pgdata, unix socket only) and
 # `mlflow server` on http://127.0.0.1:5050 with proxied artifacts in .server/artifacts.

@@ -32,6 +32,9 @@ EXPENSIVE = {
     "make server": "starts PostgreSQL and a tracking server that stay up (tests/e2e/test_readme_servers.py runs "
                    "make server, server-status and server-stop as written; tests/e2e/test_server.py runs pipelines "
                    "on the server)",
+    "make search": "a page that runs until it is stopped (tests/e2e/test_readme_servers.py runs it as written; "
+                   "tests/e2e/test_search_app.py drives it in Chromium)",
+    "benchmarks/real_catalog.sh": "the pipeline and ablation on real photos outside the repo, tens of minutes",
     "make serve": "serves @champion, which only a pipeline creates (tests/e2e/test_readme_servers.py runs it as "
                   "written on the tiny pipeline's store)",
     "export MLFLOW_TRACKING_URI=http://": "points the shell at that server",

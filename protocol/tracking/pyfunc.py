@@ -46,6 +46,7 @@ PIP_REQUIREMENTS = [
     "torch>=2.14,<2.15", "torchvision>=0.29,<0.30", "open_clip_torch>=3.3,<4", "mlflow>=3.17,<4",
     "numpy", "pandas", "pillow", "pyyaml", "pydantic>=2",
 ]
+InvalidQuery = MlflowException  # what predict raises for bad input (HTTP 400 when served)
 DEFAULT_TOP_K = 10  # the K of the headline metrics (p@10)
 MAX_TOP_K = 1000
 CATALOG_ARTIFACT = "catalog"

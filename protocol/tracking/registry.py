@@ -71,3 +71,10 @@ def aliases(model: str = REGISTERED_MODEL) -> dict[str, str]:
         return dict(MlflowClient().get_registered_model(model).aliases)
     except MlflowException:
         return {}
+
+
+def load_version_model(version, model: str = REGISTERED_MODEL):
+    """The pyfunc model of a registered version, pinned to its number (as `mlflow models serve` loads it)."""
+    import mlflow
+
+    return mlflow.pyfunc.load_model(f"models:/{model}/{version.version}")

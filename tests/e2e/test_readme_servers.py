@@ -299,3 +299,19 @@ def test_make_server_status_and_stop_as_written_from_a_users_shell(clone, tmp_pa
     assert port_is_free(port)
     after = run(r"^make server-status$")
     assert after.returncode != 0 and "mlflow server not running" in after.stdout
+
+
+def test_make_search_as_written_shows_both_columns_and_frees_its_port(clone, champion, shell, tmp_path):
+    port = free_port()
+    command = f"{readme_line(r'^make search$')} PORT={port}"
+    with foreground(command, clone, shell, tmp_path / "search.log") as server:
+        server.wait_until_up(f"http://127.0.0.1:{port}/health")
+        status, page = get(f"http://127.0.0.1:{port}/")
+        assert status == 200 and b"<html" in page.lower()
+        status, body = get(f"http://127.0.0.1:{port}/api/search?q=red+denim+shorts&k=3")
+        assert status == 200, body
+        columns = json.loads(body)["columns"]
+        assert len(columns) == 2 and all(len(c["matches"]) == 3 for c in columns)
+        assert all({m["item_id"] for m in c["matches"]} <= champion[1] for c in columns)
+        server.interrupt()
+    assert port_is_free(port)
