@@ -8,8 +8,14 @@ forward runs before and after the extraction and the ratio uses their mean, so a
 machine that gets busier or quieter during the run skews the ratio less; the CPU-time
 ratio (main process + workers vs the bare forward) is steadier still on a shared machine.
 
+What the forward leaves on the table: its FLOPs are counted by torch
+(`torch.utils.flop_counter`) and its GFLOP/s printed beside a large `torch.mm` on the
+same device, in fp32 and, where the forward runs under autocast (CUDA), in that dtype.
+On a GPU the bare forward copies its fp32 pixels from host memory as extraction's own
+inputs do; the forward alone on inputs already on the device is printed beside it.
+
     python benchmarks/bench_features.py --model ViT-B-32 --n 256 --batch_size 32
-    python benchmarks/bench_features.py --n 4096 --batch_size 256 --image_format jpeg --image_size 800   # a GPU
+    python benchmarks/bench_features.py --n 16384 --batch_size 256 --image_format jpeg --image_size 800   # a GPU
 
 It ends with one line of both ratios (images and texts vs the bare forward).
 """
@@ -19,23 +25,34 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import math
 import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import datasets
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
 from protocol.io import read_json
 from protocol.model.backbone import Backbone, BackboneSpec, create_backbone
 from protocol.model.extract_local import default_num_workers
+from protocol.model.feature_inputs import DeviceImageFeatures, RowReader, decode_on, input_plan
 from protocol.model.features import ENGINES, cache_path, extract_features
 
 COLORS = ["black", "white", "red", "navy", "beige", "olive", "grey", "pink"]
 GARMENTS = ["cardigan", "shorts", "tee", "jacket", "dress", "skirt", "jeans", "blouse"]
 MATERIALS = ["denim", "leather", "cotton", "wool", "linen", "silk"]
+# The bare forward's cost does not depend on pixel values or words: it runs over n items in batches
+# taken from about this many distinct preprocessed ones, because preprocessing every item in one
+# process takes longer than a whole extraction on a GPU, and because n preprocessed images in this
+# process (10 GB at n=16384) would make each DataLoader worker's fork cost seconds, which the bare
+# forward does not pay and a pipeline would not either.
+BARE_DISTINCT = 1024
 
 
 def drawn_image(rng: np.random.Generator, size: int, image_format: str) -> bytes:
@@ -59,13 +76,30 @@ def product_text(rng: np.random.Generator) -> str:
     )
 
 
-def make_dataset(n: int, image_size: int, image_format: str, seed: int = 0) -> datasets.Dataset:
-    rng = np.random.default_rng(seed)
+def drawn_rows(args: tuple[int, int, int, str]) -> list[tuple[str, bytes]]:
+    """(text, image bytes) of rows [start, stop), each from its own seeded generator, so that
+    the dataset is the same whichever process draws which rows."""
+    start, stop, size, image_format = args
+    rows = []
+    for i in range(start, stop):
+        rng = np.random.default_rng([0, i])
+        rows.append((product_text(rng), drawn_image(rng, size, image_format)))
+    return rows
+
+
+def make_dataset(n: int, image_size: int, image_format: str) -> datasets.Dataset:
+    chunk = 256
+    spans = [(start, min(start + chunk, n), image_size, image_format) for start in range(0, n, chunk)]
+    if len(spans) > 1:  # drawing and encoding large images is most of a GPU run's set-up: use every core
+        with ProcessPoolExecutor(max_workers=min(len(spans), os.cpu_count() or 1)) as pool:
+            rows = [row for part in pool.map(drawn_rows, spans) for row in part]
+    else:
+        rows = [row for span in spans for row in drawn_rows(span)]
     return datasets.Dataset.from_dict(
         {
             "item_id": [f"B{i:05d}" for i in range(n)],
-            "text": [product_text(rng) for _ in range(n)],
-            "image": [{"bytes": drawn_image(rng, image_size, image_format), "path": None} for _ in range(n)],
+            "text": [text for text, _ in rows],
+            "image": [{"bytes": data, "path": None} for _, data in rows],
         },
         features=datasets.Features(
             {"item_id": datasets.Value("string"), "text": datasets.Value("string"), "image": datasets.Image()}
@@ -80,31 +114,170 @@ def cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def bare_forward_seconds(embed, inputs: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    """(wall, cpu) seconds of the model alone over `inputs` in batches."""
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def batches(inputs: torch.Tensor, n: int, batch_size: int):
+    """n items in batches of `inputs` (views), starting over at its end; `inputs` holds n items or a
+    multiple of batch_size (see bare_inputs), so that no batch straddles the end."""
+    for i in range(0, n, batch_size):
+        start = i % len(inputs)
+        yield inputs[start : start + min(batch_size, n - i)]
+
+
+def bare_forward_seconds(embed, inputs: torch.Tensor, n: int, batch_size: int) -> tuple[float, float]:
+    """(wall, cpu) seconds of the model alone over n items in batches."""
     started, cpu_started = time.perf_counter(), cpu_seconds()
-    for i in range(0, len(inputs), batch_size):
-        embed(inputs[i : i + batch_size])
+    for batch in batches(inputs, n, batch_size):
+        embed(batch)
     return time.perf_counter() - started, cpu_seconds() - cpu_started
 
 
-def bare_pass(backbone: Backbone, pixels: torch.Tensor, tokens: torch.Tensor, batch_size: int) -> dict:
+def bare_pass(backbone: Backbone, pixels: torch.Tensor, tokens: torch.Tensor, n: int, batch_size: int) -> dict:
     return {
-        "image": bare_forward_seconds(backbone.embed_pixels, pixels, batch_size),
-        "text": bare_forward_seconds(backbone.embed_tokens, tokens, batch_size),
+        "image": bare_forward_seconds(backbone.embed_pixels, pixels, n, batch_size),
+        "text": bare_forward_seconds(backbone.embed_tokens, tokens, n, batch_size),
     }
 
 
-def bare_inputs(dataset: datasets.Dataset, backbone: Backbone) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Preprocessed pixels and token ids for every row, and the per-item seconds that
-    work takes in one process (what the DataLoader workers do during extraction)."""
+def resident_forward_seconds(features, inputs: torch.Tensor, n: int, batch_size: int, device: torch.device) -> float:
+    """Wall seconds of the forward alone over n items already on `device`, results left there."""
+    inputs = inputs.to(device)
+    features(inputs[:batch_size])
+    synchronize(device)
     started = time.perf_counter()
-    pixels = torch.stack([backbone.preprocess(image) for image in dataset["image"]])
+    for batch in batches(inputs, n, batch_size):
+        features(batch)
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def loader_start_seconds(dataset: datasets.Dataset, backbone: Backbone, num_workers: int) -> float:
+    """Seconds from a DataLoader like extraction's (texts) to its first one-item batch: the workers'
+    start, which each extraction phase pays once."""
+    loader = DataLoader(RowReader(dataset, "text"), batch_sampler=[[0]], num_workers=num_workers,
+                        collate_fn=input_plan("text", backbone).collate, pin_memory=backbone.device.type == "cuda")
+    started = time.perf_counter()
+    for _ in loader:
+        pass
+    return time.perf_counter() - started
+
+
+def bare_inputs(dataset: datasets.Dataset, backbone: Backbone, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Preprocessed pixels and token ids of the first rows (all of them, or about BARE_DISTINCT: a
+    multiple of batch_size), and the per-item seconds that work takes in one process (what the
+    DataLoader workers do)."""
+    distinct = min(len(dataset), batch_size * math.ceil(BARE_DISTINCT / batch_size))
+    sample = dataset.select(range(distinct))
+    started = time.perf_counter()
+    pixels = torch.stack([backbone.preprocess(image) for batch in sample.iter(batch_size=256)
+                          for image in batch["image"]])
     decoded = time.perf_counter()
-    tokens = backbone.tokenizer(list(dataset["text"]))
+    tokens = backbone.tokenizer(list(sample["text"]))
     done = time.perf_counter()
-    per_item = {"image": (decoded - started) / len(dataset), "text": (done - decoded) / len(dataset)}
+    per_item = {"image": (decoded - started) / len(sample), "text": (done - decoded) / len(sample)}
     return pixels, tokens, per_item
+
+
+def forward_flops(features, inputs: torch.Tensor, n: int, batch_size: int, shape_of) -> float:
+    """FLOPs of the forward over n items of `inputs` in batches, as torch counts them. Counted once per batch
+    shape (`shape_of(batch)`: a text batch runs up to its last end token only).
+
+    nn.MultiheadAttention's inference fast path is one fused op for which the counter has no
+    formula: its projections and attention would go uncounted (5.9 instead of 8.7 GFLOP per
+    ViT-B-32 image). The count runs without that path; the timed forwards keep it."""
+    per_shape: dict = {}
+    total = 0.0
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        for batch in batches(inputs, n, batch_size):
+            key = shape_of(batch)
+            if key not in per_shape:
+                with FlopCounterMode(display=False) as counter:
+                    features(batch)
+                per_shape[key] = counter.get_total_flops()
+            total += per_shape[key]
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    return total
+
+
+def text_shape(tokens: torch.Tensor) -> tuple[int, int]:
+    return len(tokens), int(tokens.argmax(dim=-1).max())
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
+    """GFLOP/s of `torch.mm` of two size x size matrices on `device` (best of `repeats` blocks)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    per_block = 10 if device.type == "cuda" else 1  # one CUDA product is too short to time alone
+    torch.mm(a, b)
+    synchronize(device)
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(per_block):
+            torch.mm(a, b)
+        synchronize(device)
+        best = min(best, (time.perf_counter() - started) / per_block)
+    return 2 * size**3 / best / 1e9
+
+
+def device_decode_seconds(dataset: datasets.Dataset, backbone: Backbone, batch_size: int) -> float | None:
+    """Seconds per item of the device route's decode + preprocess alone (JPEGs on CUDA), in the main
+    process on up to 8 batches; None where images take the PIL route in the workers."""
+    plan = input_plan("image", backbone)
+    if not isinstance(plan.features, DeviceImageFeatures):
+        return None
+    reader = RowReader(dataset, "image")
+    starts = range(0, min(len(dataset), 8 * batch_size), batch_size)
+    encoded = [plan.collate(reader.__getitems__(list(range(s, min(s + batch_size, len(dataset))))))[1]
+               for s in starts]
+    preprocess, device = plan.features.preprocess, backbone.device
+    with torch.inference_mode():
+        preprocess(decode_on(device, encoded[0]))  # warm-up
+        synchronize(device)
+        started = time.perf_counter()
+        for batch in encoded:
+            preprocess(decode_on(device, batch))
+        synchronize(device)
+    return (time.perf_counter() - started) / sum(len(b.rows) for b in encoded)
+
+
+def print_flops(backbone: Backbone, pixels, tokens, n: int, batch_size: int, bare: dict, phases: dict,
+                matmul_size: int, alone: bool) -> dict | None:
+    """The forward's GFLOP/s beside the machine's matmul rate; with `alone`, also the forward alone on
+    inputs already on the device (its seconds per kind are returned)."""
+    device = backbone.device
+    flops = {"image": forward_flops(backbone.pixel_features, pixels, n, batch_size, len),
+             "text": forward_flops(backbone.token_features, tokens, n, batch_size, text_shape)}
+    autocast = getattr(backbone._autocast(), "fast_dtype", None)  # what the forward computes in
+    rates = {"fp32": matmul_gflops(device, torch.float32, matmul_size)}
+    if autocast is not None:
+        rates[str(autocast).removeprefix("torch.")] = matmul_gflops(device, autocast, matmul_size)
+    print(f"\nmatmul on {device} ({matmul_size}x{matmul_size}, {torch.get_num_threads()} torch threads, fp32 "
+          f"matmul precision {torch.get_float32_matmul_precision()!r}): "
+          + ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in rates.items()))
+    print(f"forward FLOPs (torch.utils.flop_counter): image {flops['image'] / n / 1e9:.4g} GFLOP/item, "
+          f"text {flops['text'] / n / 1e9:.4g} GFLOP/item" + (f"; the forward runs in {autocast} autocast" if autocast
+                                                                 else ""))
+    reference = list(rates.items())[-1]
+    resident = ({kind: resident_forward_seconds(f, x, n, batch_size, device) for kind, f, x in
+                 (("image", backbone.pixel_features, pixels), ("text", backbone.token_features, tokens))}
+                if alone else None)
+    for kind in ("image", "text"):
+        line = (f"{kind:6} bare forward {flops[kind] / bare[kind][0] / 1e9:10,.1f} GFLOP/s "
+                f"= {flops[kind] / bare[kind][0] / 1e9 / reference[1]:.3f} of {reference[0]} matmul; "
+                f"extraction {flops[kind] / phases[kind]['seconds'] / 1e9:,.1f} GFLOP/s")
+        if resident:
+            line += (f"; forward alone on {device} inputs {flops[kind] / resident[kind] / 1e9:,.1f} GFLOP/s "
+                     f"= {flops[kind] / resident[kind] / 1e9 / reference[1]:.3f} of {reference[0]} matmul, "
+                     f"{n / resident[kind]:,.0f} items/s")
+        print(line)
+    return resident
 
 
 def main() -> None:
@@ -123,23 +296,29 @@ def main() -> None:
                         help="png like the embedded synthetic catalog; jpeg like real product photos "
                              "(on CUDA, JPEGs are decoded on the device)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--matmul_size", type=int, default=None,
+                        help="side of the square torch.mm that gives the machine's rate (default: 2048 on a "
+                             "CPU, 8192 on a GPU)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("protocol").setLevel(logging.INFO)
 
+    started = time.perf_counter()
+    dataset = make_dataset(args.n, args.image_size, args.image_format)  # forks: before torch starts threads
     backbone = create_backbone(BackboneSpec(args.model, args.pretrained), device=args.device)
     if args.num_workers is None:
         args.num_workers = default_num_workers(backbone.device)
-    dataset = make_dataset(args.n, args.image_size, args.image_format)
-    pixels, tokens, input_cost = bare_inputs(dataset, backbone)
+    if args.matmul_size is None:
+        args.matmul_size = 2048 if backbone.device.type == "cpu" else 8192
+    pixels, tokens, input_cost = bare_inputs(dataset, backbone, args.batch_size)
     print(f"device {backbone.device}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
-          f"load average before {os.getloadavg()}")
+          f"load average before {os.getloadavg()}; data made in {time.perf_counter() - started:.1f}s")
     backbone.embed_pixels(pixels[: args.batch_size])  # warm-up, both paths profit from it
     backbone.embed_tokens(tokens[: args.batch_size])
 
-    bare_before = bare_pass(backbone, pixels, tokens, args.batch_size)
+    bare_before = bare_pass(backbone, pixels, tokens, args.n, args.batch_size)
     with tempfile.TemporaryDirectory() as cache_dir:
         started, cpu_started = time.perf_counter(), cpu_seconds()
         features = extract_features(dataset, "b" * 64, backbone, cache_dir, batch_size=args.batch_size,
@@ -147,7 +326,7 @@ def main() -> None:
         end_to_end, end_to_end_cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
         phases = read_json(cache_path(cache_dir, "b" * 64, backbone.fingerprint) / "manifest.json")["last_run"]
     assert features.n_computed == args.n
-    bare_after = bare_pass(backbone, pixels, tokens, args.batch_size)
+    bare_after = bare_pass(backbone, pixels, tokens, args.n, args.batch_size)
 
     n = args.n
     bare = {k: [(bare_before[k][i] + bare_after[k][i]) / 2 for i in (0, 1)] for k in ("image", "text")}
@@ -156,6 +335,12 @@ def main() -> None:
           f"load average after {os.getloadavg()}")
     print(f"worker-side work per item, one process: decode+preprocess {1e3 * input_cost['image']:.1f} ms, "
           f"tokenise {1e3 * input_cost['text']:.2f} ms")
+    print(f"DataLoader start to its first batch, {args.num_workers} workers (each extraction phase pays it): "
+          f"{loader_start_seconds(dataset, backbone, args.num_workers):.2f} s")
+    on_device = device_decode_seconds(dataset, backbone, args.batch_size)
+    if on_device is not None:
+        print(f"device route: decode (JPEGs) + preprocess on {backbone.device} alone, main process: "
+              f"{1e3 * on_device:.3f} ms/item ({1 / on_device:,.0f} items/s)")
     print(f"{'':6} {'bare items/s (before, after)':>30} {'extraction items/s':>19} {'ratio':>6}")
     for kind in ("image", "text"):
         extraction = phases[kind]["seconds"]
@@ -166,10 +351,17 @@ def main() -> None:
     print(f"end to end (both phases, validation, cache writes, consolidation): wall {end_to_end:.1f}s vs bare "
           f"{bare_wall:.1f}s -> ratio {bare_wall / end_to_end:.2f} (target >= 0.9)")
     print(f"CPU time (main + workers): {end_to_end_cpu:.1f}s vs bare {bare_cpu:.1f}s -> ratio {bare_cpu / end_to_end_cpu:.2f}")
+    # On a CPU the bare forward is the forward alone: its inputs are where the model is.
+    resident = print_flops(backbone, pixels, tokens, args.n, args.batch_size, bare, phases, args.matmul_size,
+                           alone=backbone.device.type != "cpu")
     ratios = {kind: bare[kind][0] / phases[kind]["seconds"] for kind in ("image", "text")}
+    alone = (f"; vs the forward alone on {backbone.device} inputs: image "
+             f"{resident['image'] / phases['image']['seconds']:.2f} text {resident['text'] / phases['text']['seconds']:.2f}"
+             if resident else "")
     print(f"ratios vs the bare forward: image {ratios['image']:.2f} text {ratios['text']:.2f} "
-          f"(GPU target >= 0.8 each); extraction items/s: image {n / phases['image']['seconds']:.1f} "
+          f"(GPU target >= 0.8 each){alone}; extraction items/s: image {n / phases['image']['seconds']:.1f} "
           f"text {n / phases['text']['seconds']:.1f}")
+
 
 if __name__ == "__main__":
     main()
