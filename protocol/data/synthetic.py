@@ -1,9 +1,9 @@
 """The embedded synthetic catalog: rendered garments with shop-like text, made offline.
 
-`generate_catalog` returns the raw catalog of docs/ARCHITECTURE.md. Every attribute
-is drawn in the picture (silhouette = category, open front + buttons = cardigan,
-texture = material, overlay = pattern, cut-out/collar/tube/hood = neckline, sleeve
-length, colour), so a model can learn it. The shop side is realistic on purpose:
+`generate_catalog` returns the raw catalog of docs/ARCHITECTURE.md. This module plans the
+products and writes their text; `protocol/data/render.py` draws every attribute in their
+photos (silhouette, neckline, sleeves, material, pattern, colour), so a model can learn
+it from the image as well as from the text. The shop side is realistic on purpose:
 tees and cotton dominate, cardigans/shorts are weak classes and denim/leather rare
 materials; products have 1-3 views with suffixed ids, product_id is empty for about
 half of them (grouping has to use ids, urls and SKUs), attributes are sometimes
@@ -15,18 +15,16 @@ The same seed gives the same bytes; each product draws from its own seeded strea
 
 from __future__ import annotations
 
-import functools
-import io
 import logging
 import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageChops, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from protocol.data.raw import RawCatalog
+from protocol.data.render import COLOR_RGB, encode_png, render_view
 from protocol.data.schema import UNKNOWN
 
 logger = logging.getLogger(__name__)
@@ -83,9 +81,6 @@ SLEEVES = {
     "sweaters": {"long": 1.0}, "cardigans": {"long": 1.0}, "jackets": {"long": 1.0},
     "dresses": {"sleeveless": 0.4, "short": 0.35, "long": 0.25},
 }
-COLOR_RGB = {"black": (32, 32, 36), "white": (238, 237, 232), "grey": (128, 128, 134), "navy": (30, 42, 92),
-             "blue": (52, 112, 200), "red": (198, 36, 44), "green": (44, 138, 72), "yellow": (232, 196, 44),
-             "pink": (238, 148, 178), "beige": (212, 188, 148), "brown": (118, 74, 42), "purple": (118, 62, 158)}
 COLOR_WEIGHTS = {"black": 0.16, "white": 0.14, "grey": 0.1, "navy": 0.1, "blue": 0.08, "red": 0.07, "green": 0.07,
                  "yellow": 0.05, "pink": 0.06, "beige": 0.07, "brown": 0.05, "purple": 0.05}
 MATERIAL_COLORS = {"denim": {"blue": 0.5, "navy": 0.25, "black": 0.15, "grey": 0.1},
@@ -283,326 +278,6 @@ def _write_text(p: Product, seed: int, index: int) -> tuple[str, str]:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-# ---------------------------------------------------------------- drawing
-
-# Garment geometry in unit coordinates (x right, y down), before per-view jitter.
-NECK_Y, NECK_HALF = 0.20, 0.085
-HEM_Y = {"tees": 0.84, "shirts": 0.86, "sweaters": 0.84, "cardigans": 0.86, "jackets": 0.88}
-CHEST = (0.5, 0.5)
-
-
-class _Canvas:
-    """Unit-coordinate drawing onto a garment mask, an 'inside' mask and a detail layer."""
-
-    def __init__(self, size: int, scale: float, dx: float, dy: float, flip: bool):
-        self.size, self.scale, self.dx, self.dy, self.flip = size, scale, dx, dy, flip
-        self.mask = Image.new("L", (size, size), 0)
-        self.inner = Image.new("L", (size, size), 0)
-        self.m, self.i = ImageDraw.Draw(self.mask), ImageDraw.Draw(self.inner)
-        self.lines: list[tuple] = []   # deferred detail strokes: (kind, points, width)
-        self.width = max(1, round(size / 100))
-
-    def pt(self, x: float, y: float) -> tuple[float, float]:
-        if self.flip:
-            x = 1.0 - x
-        s = self.size
-        return (((x - 0.5) * self.scale + 0.5 + self.dx) * s, ((y - 0.5) * self.scale + 0.5 + self.dy) * s)
-
-    def pts(self, points) -> list[tuple[float, float]]:
-        return [self.pt(x, y) for x, y in points]
-
-    def box(self, x0: float, y0: float, x1: float, y1: float) -> list[float]:
-        (ax, ay), (bx, by) = self.pt(x0, y0), self.pt(x1, y1)
-        return [min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)]
-
-    def body(self, points) -> None:
-        self.m.polygon(self.pts(points), fill=255)
-
-    def mirrored(self, points) -> None:
-        self.body(points)
-        self.body([(1.0 - x, y) for x, y in points])
-
-    def hole(self, points=None, ellipse=None) -> None:
-        if ellipse is not None:
-            self.i.ellipse(self.box(*ellipse), fill=255)
-        else:
-            self.i.polygon(self.pts(points), fill=255)
-
-    def stroke(self, points, width: int | None = None) -> None:
-        self.lines.append(("line", self.pts(points), width or self.width))
-
-    def outline(self, points) -> None:
-        self.lines.append(("polygon", self.pts(points), self.width))
-
-    def button(self, x: float, y: float, r: float = 0.014) -> None:
-        self.lines.append(("button", self.box(x - r, y - r, x + r, y + r), self.width))
-
-
-def _draw_top(c: _Canvas, p: Product, hem: float, half_hem: float, shoulder: float) -> None:
-    if p.sleeve == "sleeveless":
-        c.mirrored([(0.5, NECK_Y), (0.5 - NECK_HALF - 0.02, NECK_Y - 0.01), (0.5 - 0.13, 0.33),
-                    (0.5 - 0.17, 0.42), (0.5 - half_hem, hem), (0.5, hem)])
-        return
-    c.mirrored([(0.5, NECK_Y), (0.5 - NECK_HALF, NECK_Y), (0.5 - shoulder, 0.25),
-                (0.5 - half_hem, hem), (0.5, hem)])
-    if p.sleeve == "short":
-        c.mirrored([(0.5 - shoulder, 0.25), (0.5 - shoulder - 0.12, 0.36), (0.5 - shoulder - 0.06, 0.45),
-                    (0.5 - shoulder + 0.02, 0.40)])
-    else:
-        c.mirrored([(0.5 - shoulder, 0.25), (0.5 - shoulder - 0.12, 0.80), (0.5 - shoulder - 0.04, 0.82),
-                    (0.5 - shoulder + 0.02, 0.42)])
-
-
-def _draw_neckline(c: _Canvas, p: Product) -> float:
-    """Draw the neckline; returns the y where the front opening of a cardigan starts."""
-    y, w = NECK_Y, NECK_HALF
-    if p.neckline == "crew":
-        c.hole(ellipse=(0.5 - 0.08, y - 0.06, 0.5 + 0.08, y + 0.06))
-        c.lines.append(("arc", c.box(0.5 - 0.1, y - 0.08, 0.5 + 0.1, y + 0.08), c.width * 2))
-        return y + 0.07
-    if p.neckline == "v-neck":
-        c.hole([(0.5 - w, y - 0.005), (0.5 + w, y - 0.005), (0.5, y + 0.17)])
-        c.stroke([(0.5 - w - 0.015, y), (0.5, y + 0.19), (0.5 + w + 0.015, y)], c.width * 2)
-        return y + 0.17
-    if p.neckline == "scoop":
-        c.hole(ellipse=(0.5 - 0.125, y - 0.11, 0.5 + 0.125, y + 0.12))
-        return y + 0.12
-    if p.neckline == "collar":
-        c.hole(ellipse=(0.5 - 0.06, y - 0.035, 0.5 + 0.06, y + 0.03))
-        for side in (-1, 1):
-            flap = [(0.5 + side * 0.09, y - 0.015), (0.5 + side * 0.005, y + 0.05),
-                    (0.5 + side * 0.06, y + 0.12), (0.5 + side * 0.13, y + 0.04)]
-            c.outline(flap)
-        return y + 0.05
-    if p.neckline == "turtleneck":
-        c.body([(0.5 - 0.08, y - 0.11), (0.5 + 0.08, y - 0.11), (0.5 + 0.08, y + 0.02), (0.5 - 0.08, y + 0.02)])
-        c.hole(ellipse=(0.5 - 0.075, y - 0.13, 0.5 + 0.075, y - 0.085))
-        for k in range(1, 4):
-            yy = y - 0.11 + k * 0.03
-            c.stroke([(0.5 - 0.08, yy), (0.5 + 0.08, yy)])
-        return y + 0.02
-    if p.neckline == "hood":
-        c.m.ellipse(c.box(0.5 - 0.16, y - 0.18, 0.5 + 0.16, y + 0.11), fill=255)
-        c.hole(ellipse=(0.5 - 0.09, y - 0.14, 0.5 + 0.09, y + 0.06))
-        c.stroke([(0.47, y + 0.07), (0.46, y + 0.2)])
-        c.stroke([(0.53, y + 0.07), (0.54, y + 0.2)])
-        return y + 0.08
-    return y
-
-
-def _draw_garment(c: _Canvas, p: Product) -> None:
-    cat = p.category
-    if cat in TOPS or cat == "dresses":
-        if cat == "dresses":
-            hem, half_hem = 0.95, 0.27
-            _draw_top(c, p, 0.52, 0.14, 0.17)
-            c.mirrored([(0.5, 0.48), (0.5 - 0.145, 0.48), (0.5 - half_hem, hem), (0.5, hem)])
-            c.stroke([(0.36, 0.5), (0.64, 0.5)])
-        else:
-            hem = HEM_Y[cat]
-            wide = cat == "jackets"
-            _draw_top(c, p, hem, 0.2 if wide else 0.18, 0.22 if wide else 0.2)
-        opening = _draw_neckline(c, p)
-        if cat == "cardigans":
-            c.hole([(0.5 - 0.012, opening), (0.5 + 0.012, opening), (0.5 + 0.022, hem), (0.5 - 0.022, hem)])
-            for k in range(5):
-                c.button(0.5 - 0.045, opening + 0.06 + k * (hem - opening - 0.1) / 4, 0.017)
-        elif cat == "shirts":
-            c.stroke([(0.5, opening), (0.5, hem)])
-            for k in range(4):
-                c.button(0.5 + 0.02, opening + 0.05 + k * (hem - opening - 0.1) / 3, 0.011)
-        elif cat == "jackets":
-            c.stroke([(0.5, opening), (0.5, hem)], c.width * 2)
-            for side in (-1, 1):
-                c.outline([(0.5 + side * 0.07, 0.6), (0.5 + side * 0.17, 0.6), (0.5 + side * 0.17, 0.72),
-                           (0.5 + side * 0.07, 0.72)])
-        elif cat == "sweaters":
-            c.stroke([(0.33, hem - 0.04), (0.67, hem - 0.04)], c.width * 2)
-    elif cat == "shorts":
-        c.body([(0.30, 0.28), (0.70, 0.28), (0.74, 0.64), (0.53, 0.64), (0.5, 0.48), (0.47, 0.64), (0.26, 0.64)])
-        c.stroke([(0.30, 0.33), (0.70, 0.33)], c.width * 2)
-        c.stroke([(0.5, 0.33), (0.5, 0.42)])
-    elif cat == "trousers":
-        c.body([(0.32, 0.08), (0.68, 0.08), (0.71, 0.95), (0.54, 0.95), (0.5, 0.36), (0.46, 0.95), (0.29, 0.95)])
-        c.stroke([(0.32, 0.13), (0.68, 0.13)], c.width * 2)
-        c.stroke([(0.5, 0.13), (0.5, 0.26)])
-    elif cat == "skirts":
-        c.body([(0.36, 0.22), (0.64, 0.22), (0.77, 0.80), (0.23, 0.80)])
-        c.stroke([(0.36, 0.27), (0.64, 0.27)], c.width * 2)
-
-
-@functools.lru_cache(maxsize=8)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    return yy, xx
-
-
-@functools.lru_cache(maxsize=32)
-def _base_texture(material: str, size: int) -> np.ndarray:
-    """A 2size x 2size luminance texture in about [-1, 1]; views crop it at random offsets."""
-    n = 2 * size
-    rng = np.random.default_rng(sum(map(ord, material)))  # the same weave for every seed
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
-    if material == "denim":   # twill: fine diagonal lines with light threads
-        period = max(3.0, size / 30)
-        t = np.sin(2 * np.pi * (xx + yy) / period) * 0.8 + rng.normal(0, 0.35, (n, n))
-    elif material == "wool":  # knit: vertical ribs of chevron stitches
-        period = max(4.0, size / 20)
-        phase = np.abs((xx % period) / period - 0.5)
-        t = 0.6 * np.sin(2 * np.pi * xx / period) + 0.5 * np.sin(2 * np.pi * (yy / (period * 0.8) + phase * 1.5))
-    elif material == "linen":  # slub: irregular threads across and along
-        rows = rng.normal(0, 1, n) * (1 + 2 * (rng.random(n) < 0.08))
-        cols = rng.normal(0, 1, n) * (1 + 2 * (rng.random(n) < 0.08))
-        t = 0.45 * rows[:, None] + 0.45 * cols[None, :]
-    elif material == "silk":   # gloss: soft wide light bands
-        t = np.sin(2 * np.pi * (0.6 * xx + yy) / (size / 2.2) + 1.2 * np.sin(2 * np.pi * xx / (size / 1.4)))
-        t = 2 * ((t + 1) / 2) ** 3 - 0.4
-    elif material == "cotton":  # flat, fine noise
-        t = rng.normal(0, 0.35, (n, n))
-    elif material == "polyester":  # smooth, faint sheen
-        t = 0.25 * np.sin(2 * np.pi * yy / (size * 1.3)) + rng.normal(0, 0.05, (n, n))
-    else:  # leather: fine grain; the sheen is added per view
-        t = rng.normal(0, 0.2, (n, n))
-    return t.astype(np.float32)
-
-
-TEXTURE_AMPLITUDE = {"denim": 0.16, "wool": 0.14, "linen": 0.12, "silk": 0.16, "cotton": 0.05,
-                     "polyester": 0.05, "leather": 0.04}
-
-
-def _texture(material: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    base = _base_texture(material, size)
-    oy, ox = rng.integers(0, size, 2)
-    t = base[oy:oy + size, ox:ox + size] * TEXTURE_AMPLITUDE[material]
-    if material == "leather":  # specular sheen: a bright highlight and a darker lower edge
-        yy, xx = _grid(size)
-        cx, cy = size * rng.uniform(0.35, 0.5), size * rng.uniform(0.3, 0.45)
-        sx, sy = size * 0.09, size * 0.16
-        t = t + 0.55 * np.exp(-((xx - cx) ** 2 / (2 * sx ** 2) + (yy - cy) ** 2 / (2 * sy ** 2)))
-        t = t - 0.12 * (yy / size)
-    return t
-
-
-def _pattern_alpha(p: Product, size: int, rng: np.random.Generator, c: _Canvas) -> tuple[np.ndarray, np.ndarray | None]:
-    """Where the pattern colour goes (alpha in [0, 1]) and an optional accent alpha."""
-    yy, xx = _grid(size)
-    if p.pattern == "striped":
-        period = size * rng.uniform(0.07, 0.1)
-        axis = yy if rng.random() < 0.8 else xx
-        return (((axis + rng.uniform(0, period)) % period) < period * 0.45).astype(np.float32), None
-    if p.pattern == "plaid":
-        period = size * rng.uniform(0.12, 0.16)
-        ph, pv = rng.uniform(0, period, 2)
-        h = ((yy + ph) % period) < period * 0.3
-        v = ((xx + pv) % period) < period * 0.3
-        thin = (((yy + ph + period / 2) % period) < max(1.0, period * 0.06)) | \
-               (((xx + pv + period / 2) % period) < max(1.0, period * 0.06))
-        return np.clip(0.5 * h + 0.5 * v, 0, 0.9).astype(np.float32), thin.astype(np.float32)
-    if p.pattern == "dots":
-        period = size * rng.uniform(0.09, 0.12)
-        ph = rng.uniform(0, period)
-        shift = (np.floor(yy / period) % 2) * period / 2
-        dx = (xx + ph + shift) % period - period / 2
-        dy = yy % period - period / 2
-        return ((dx ** 2 + dy ** 2) < (period * 0.24) ** 2).astype(np.float32), None
-    if p.pattern in ("floral", "graphic"):
-        petals, accent = Image.new("L", (size, size), 0), Image.new("L", (size, size), 0)
-        dp, da = ImageDraw.Draw(petals), ImageDraw.Draw(accent)
-        if p.pattern == "floral":
-            r = size * 0.022
-            for _ in range(18):
-                fx, fy = rng.uniform(0, size, 2)
-                for k in range(5):
-                    a = 2 * np.pi * k / 5
-                    px, py = fx + 1.6 * r * np.cos(a), fy + 1.6 * r * np.sin(a)
-                    dp.ellipse([px - r, py - r, px + r, py + r], fill=255)
-                da.ellipse([fx - r * 0.8, fy - r * 0.8, fx + r * 0.8, fy + r * 0.8], fill=255)
-        else:
-            _draw_motif(dp, da, c, rng)
-        return np.asarray(petals, dtype=np.float32) / 255, np.asarray(accent, dtype=np.float32) / 255
-    return np.zeros((size, size), np.float32), None
-
-
-def _draw_motif(dp: ImageDraw.ImageDraw, da: ImageDraw.ImageDraw, c: _Canvas, rng: np.random.Generator) -> None:
-    """A big print in the middle of the chest."""
-    cx, cy = CHEST
-    r = 0.14
-    kind = int(rng.integers(4))
-    if kind == 0:  # star
-        points = [(cx + (r if k % 2 == 0 else r * 0.45) * np.sin(np.pi * k / 5),
-                   cy - (r if k % 2 == 0 else r * 0.45) * np.cos(np.pi * k / 5)) for k in range(10)]
-        dp.polygon(c.pts(points), fill=255)
-    elif kind == 1:  # bullseye
-        dp.ellipse(c.box(cx - r, cy - r, cx + r, cy + r), fill=255)
-        da.ellipse(c.box(cx - r * 0.6, cy - r * 0.6, cx + r * 0.6, cy + r * 0.6), fill=255)
-        dp.ellipse(c.box(cx - r * 0.3, cy - r * 0.3, cx + r * 0.3, cy + r * 0.3), fill=255)
-        da.ellipse(c.box(cx - r * 0.3, cy - r * 0.3, cx + r * 0.3, cy + r * 0.3), fill=0)
-    elif kind == 2:  # lightning bolt
-        bolt = [(0.02, -1), (-0.5, 0.1), (-0.05, 0.1), (-0.3, 1), (0.5, -0.2), (0.05, -0.2), (0.35, -1)]
-        dp.polygon(c.pts([(cx + x * r, cy + y * r) for x, y in bolt]), fill=255)
-    else:  # block letters on a bar
-        dp.rectangle(c.box(cx - r * 1.1, cy - r * 0.45, cx + r * 1.1, cy + r * 0.45), fill=255)
-        for k in range(3):
-            x0 = cx - r * 0.9 + k * r * 0.65
-            da.rectangle(c.box(x0, cy - r * 0.3, x0 + r * 0.45, cy + r * 0.3), fill=255)
-
-
-# Lookup tables for Image.point (a Python callable there is evaluated per call).
-_BINARY_LUT = [0] + [255] * 255
-_INSIDE_LUT = [int(v * 0.3 + 12) for v in range(256)] * 3   # inside of the garment: dark
-_EDGE_LUT = [int(v * 0.45) for v in range(256)] * 3         # outline
-
-
-def render_view(p: Product, size: int, rng: np.random.Generator, flip: bool = False) -> Image.Image:
-    """One photo of a product: jittered position, scale and background."""
-    c = _Canvas(size, scale=rng.uniform(0.84, 1.0), dx=rng.uniform(-0.05, 0.05), dy=rng.uniform(-0.04, 0.04),
-                flip=flip)
-    _draw_garment(c, p)
-
-    # Per-channel 2-D arithmetic and PIL compositing: broadcasting [S, S, 3] float arrays is
-    # several times slower on these CPUs.
-    alpha, accent = _pattern_alpha(p, size, rng, c)
-    shade = 255.0 * _texture(p.material, size, rng)
-    base, ink = COLOR_RGB[p.color], COLOR_RGB[p.pattern_color]
-    accent_rgb = COLOR_RGB["white" if p.pattern_color == "yellow" else "yellow"] if p.pattern == "floral" else base
-    channels = []
-    for k in range(3):
-        ch = base[k] + alpha * float(ink[k] - base[k])
-        if accent is not None:
-            ch += accent * (accent_rgb[k] - ch)
-        channels.append(ch + shade)
-    fabric = Image.fromarray(np.clip(np.stack(channels, axis=-1), 0, 255).astype(np.uint8), "RGB")
-
-    tone = rng.uniform(200, 245) + rng.uniform(-8, 8, 3)
-    ramp = (np.linspace(-0.5, 0.5, size) * rng.uniform(-12, 12))[:, None, None] + tone[None, None, :]
-    background = Image.fromarray(np.repeat(np.clip(ramp, 0, 255).astype(np.uint8), size, axis=1), "RGB")
-    inner = ImageChops.multiply(c.inner, c.mask)
-    edges = c.mask.filter(ImageFilter.FIND_EDGES).point(_BINARY_LUT)
-    out = Image.composite(fabric, background, c.mask)
-    out = Image.composite(fabric.point(_INSIDE_LUT), out, inner)
-    out = Image.composite(out.point(_EDGE_LUT), out, edges)
-
-    draw = ImageDraw.Draw(out)
-    dark = tuple(int(v * 0.45) for v in base)
-    light = tuple(min(255, int(v * 0.6 + 100)) for v in base)
-    for kind, pts, width in c.lines:
-        if kind == "line":
-            draw.line(pts, fill=dark, width=width)
-        elif kind == "polygon":
-            draw.polygon(pts, outline=dark, width=width)
-        elif kind == "arc":
-            draw.arc(pts, 0, 180, fill=dark, width=width)
-        else:
-            draw.ellipse(pts, fill=light, outline=dark, width=width)
-    return out
-
-
-def encode_png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------- catalog

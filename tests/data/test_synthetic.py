@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from protocol.data import render
 from protocol.data.grounding import load_attribute_schema
 from protocol.data.schema import GT_COLUMNS, RAW_REQUIRED_COLUMNS, validate_raw
 from protocol.data.synthetic import Product, generate_catalog, render_view
@@ -110,6 +111,65 @@ def test_each_attribute_changes_the_picture(attribute, values):
         for j in range(i + 1, len(values)):
             changed = np.abs(images[i] - images[j]).max(axis=-1) > 24
             assert changed.mean() > 0.005, (attribute, values[i], values[j], changed.mean())
+
+
+NECKLINES = ("crew", "v-neck", "scoop", "collar", "turtleneck", "hood")
+
+
+def _neckline_contrast(p: Product, size: int = 96) -> tuple[float, float, float]:
+    """Median luminance of the opening's inside, the plain garment and the rib band of one view."""
+    masks = render.frame(p, size, np.random.default_rng(0))
+    luminance = _pixels(render_view(p, size, np.random.default_rng(0))).mean(axis=-1)
+    garment, band, inside = (np.asarray(m) > 0 for m in (masks.mask, masks.band, masks.inner))
+    regions = (garment & inside, garment & ~band & ~inside, garment & band & ~inside)
+    return tuple(float(np.median(luminance[r])) for r in regions)
+
+
+@pytest.mark.parametrize("neckline", NECKLINES)
+def test_necklines_show_on_every_colour_with_contrast_of_one_sign(neckline):
+    # The inside is darker and the rib band lighter than the garment on every colour, so the cue
+    # has one sign (the probe read neckline at 0.72 with the band, 0.64 without; ARCHITECTURE.md).
+    for color in render.COLOR_RGB:
+        top = Product(code="P1", category="sweaters", filed="sweaters", material="cotton", pattern="solid",
+                      neckline=neckline, sleeve="long", color=color, pattern_color="white", n_views=1)
+        inside, plain, band = _neckline_contrast(top)
+        assert inside < plain <= band, (neckline, color, inside, plain, band)
+        assert max(plain - inside, band - plain) >= 40, (neckline, color, inside, plain, band)
+
+
+def test_neckline_contrast_check_fails_without_the_band(monkeypatch):
+    black = Product(code="P1", category="tees", filed="tees", material="cotton", pattern="solid", neckline="crew",
+                    sleeve="short", color="black", pattern_color="white", n_views=1)
+    assert _neckline_contrast(black)[2] - _neckline_contrast(black)[1] >= 40
+    monkeypatch.setattr(render, "_BAND_LUT", list(range(256)) * 3)
+    inside, plain, band = _neckline_contrast(black)
+    assert max(plain - inside, band - plain) < 40
+
+
+def _worst_overlap_of_two_views(p: Product, seeds: int = 10) -> float:
+    """The smallest intersection over union of the garment in two unflipped views."""
+    overlaps = []
+    for seed in range(seeds):
+        a, b = (np.asarray(render.frame(p, 96, np.random.default_rng([seed, v])).mask) > 0 for v in (0, 1))
+        overlaps.append((a & b).sum() / (a | b).sum())
+    return min(overlaps)
+
+
+FRAMED = [Product(code="P1", category=c, filed=c, material="cotton", pattern="solid", neckline=n, sleeve=s,
+                  color="grey", pattern_color="white", n_views=2)
+          for c, n, s in [("tees", "crew", "short"), ("dresses", "v-neck", "sleeveless"),
+                          ("trousers", "unknown", "unknown")]]
+
+
+def test_views_of_a_product_are_framed_alike(monkeypatch):
+    # A shop frames every shot the same way; with the framing jittered by 5% the probe of the
+    # backbone's features no longer read necklines (docs/ARCHITECTURE.md, "probe").
+    for p in FRAMED:
+        assert _worst_overlap_of_two_views(p) > 0.75, p.category
+    monkeypatch.setattr(render, "SCALE", (0.84, 1.0))
+    monkeypatch.setattr(render, "SHIFT_X", 0.05)
+    monkeypatch.setattr(render, "SHIFT_Y", 0.04)
+    assert min(_worst_overlap_of_two_views(p) for p in FRAMED) < 0.75
 
 
 def test_denim_is_blue_and_views_differ():
