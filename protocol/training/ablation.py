@@ -60,6 +60,8 @@ BASELINE_VARIANT, FULL_VARIANT = "plain", "full"
 # Set by each variant, never by the caller's base config: the seed comes from the seeds list.
 VARIANT_FIELDS = ("seed", *SWITCHES)
 JSON_FILE, MARKDOWN_FILE = "ablation.json", "ablation.md"
+HELD_OUT = "held_out"  # ablation.json key of the held-out view's document
+HELD_OUT_VIEW = "held-out view: the test split is the catalog, nothing in it was trained on"
 
 
 def parse_variants(text: str) -> tuple[str, ...]:
@@ -104,6 +106,9 @@ class VariantRun:
     seed: int
     metrics: dict[str, float]  # target metric -> fraction (NaN when no query is behind it)
     per_query: dict[str, pd.Series]  # target metric -> per-query fractions, indexed by query id
+    # the same in the held-out view: the query split is the catalog (no item the heads trained on,
+    # each query's own item included), so a gain that lives only on trained items shows as label recall
+    held_out: "VariantRun | None" = None
 
 
 def summarize(runs: Sequence[VariantRun], metrics: Sequence[str], *, resamples: int, seed: int,
@@ -154,8 +159,19 @@ def _mean_over_seeds(runs: Sequence[VariantRun], metric: str) -> pd.Series:
     return pd.concat([r.per_query[metric].rename(r.seed) for r in runs], axis=1, join="inner").mean(axis=1)
 
 
-def format_markdown(doc: dict[str, Any], targets: Sequence[tuple[str, str]]) -> str:
-    """One row per variant, one column per target (mean ± std over seeds, points), then full − plain.
+def summarize_views(runs: Sequence[VariantRun], metrics: Sequence[str], **evidence) -> dict[str, Any]:
+    """`summarize` of the default view, with the held-out view's own document under "held_out"."""
+    doc = summarize(runs, metrics, **evidence)
+    held_out = [r.held_out for r in runs if r.held_out is not None]
+    if held_out:
+        doc[HELD_OUT] = summarize(held_out, metrics, **evidence)
+    return doc
+
+
+def format_markdown(doc: dict[str, Any], targets: Sequence[tuple[str, str]],
+                    view: str = "test split; catalog: the catalog splits") -> str:
+    """One row per variant, one column per target (mean ± std over seeds, points), then full − plain;
+    then the same for the held-out view when the document has it.
 
     targets: (name, metric) in scoreboard order.
     """
@@ -163,7 +179,7 @@ def format_markdown(doc: dict[str, Any], targets: Sequence[tuple[str, str]]) -> 
         return "-" if value is None else format(value, fmt)
 
     seeds = ", ".join(map(str, doc["seeds"]))
-    lines = [f"# Ablation (test split, points; mean ± std over seeds {seeds})", "",
+    lines = [f"# Ablation ({view}; points, mean ± std over seeds {seeds})", "",
              "| variant | " + " | ".join(f"{name} ({metric})" for name, metric in targets) + " |",
              "|---|" + "---|" * len(targets)]
     for variant, by_metric in doc["variants"].items():
@@ -182,7 +198,10 @@ def format_markdown(doc: dict[str, Any], targets: Sequence[tuple[str, str]]) -> 
                   "| full − plain | " + " | ".join(cells) + " |"]
     n = {m: max(doc["variants"][v][m]["n_queries"] for v in doc["variants"]) for _, m in targets}
     lines += ["", "Test queries behind each target: " + ", ".join(f"{name} {n[m]}" for name, m in targets) + "."]
-    return "\n".join(lines) + "\n"
+    markdown = "\n".join(lines) + "\n"
+    if HELD_OUT in doc:
+        markdown += "\n" + format_markdown(doc[HELD_OUT], targets, view=HELD_OUT_VIEW)
+    return markdown
 
 
 def write_ablation(doc: dict[str, Any], markdown: str, out_dir: str | Path) -> tuple[Path, Path]:

@@ -77,7 +77,8 @@ def worker_count(requested: int, n_jobs: int, cores: int) -> int:
 
 
 def run_job(inputs: AblationInputs, job: Job, logger: RunLogger) -> VariantRun:
-    """Train one variant and seed, evaluate its best-validation heads; test metrics to `logger` as `test.*`."""
+    """Train one variant and seed, evaluate its best-validation heads in both views; test metrics to `logger` as
+    `test.*` and `test_held_out.*` (the query split as the catalog: `held_out_view`)."""
     from protocol.model.protocol_model import ProtocolHeads
     from protocol.retrieval.evaluation import evaluate_processed
     from protocol.retrieval.metrics import metric_per_query
@@ -90,13 +91,23 @@ def run_job(inputs: AblationInputs, job: Job, logger: RunLogger) -> VariantRun:
         raise RuntimeError(f"ablation {job.variant} seed {job.seed}: training wrote no best checkpoint")
     heads = ProtocolHeads.from_checkpoint(load_checkpoint(result.best_path))
     image, text = heads.embed_numpy(inputs.features.image, inputs.features.text)
-    evaluation = evaluate_processed(
-        inputs.eval_config, inputs.processed, image, text, backbone_fingerprint=inputs.backbone_fingerprint,
-        fusion_weight=heads.fusion_weight if heads.config.learn_fusion else None, heads=heads)
-    table = evaluation.result.queries[inputs.mode]
-    found = {m: evaluation.result.metrics.get(m, math.nan) for m in inputs.metrics}
-    logger.log_metrics({f"test.{m}": v for m, v in found.items() if math.isfinite(v)})
-    return VariantRun(job.variant, job.seed, found, {m: metric_per_query(table, m) for m in inputs.metrics})
+    fusion = heads.fusion_weight if heads.config.learn_fusion else None
+    views = {"test": inputs.eval_config, "test_held_out": held_out_view(inputs.eval_config)}
+    found = {}
+    for prefix, eval_config in views.items():
+        evaluation = evaluate_processed(eval_config, inputs.processed, image, text,
+                                        backbone_fingerprint=inputs.backbone_fingerprint, fusion_weight=fusion,
+                                        heads=heads)
+        table = evaluation.result.queries[inputs.mode]
+        metrics = {m: evaluation.result.metrics.get(m, math.nan) for m in inputs.metrics}
+        logger.log_metrics({f"{prefix}.{m}": v for m, v in metrics.items() if math.isfinite(v)})
+        found[prefix] = VariantRun(job.variant, job.seed, metrics, {m: metric_per_query(table, m) for m in inputs.metrics})
+    return replace(found["test"], held_out=found["test_held_out"])
+
+
+def held_out_view(eval_config: EvalConfigMixin) -> EvalConfigMixin:
+    """The evaluation whose catalog is the query split itself: no item the heads were trained on."""
+    return replace(eval_config, catalog_splits=eval_config.query_split)
 
 
 def run_jobs(inputs: AblationInputs, jobs: Sequence[Job], workers: int,

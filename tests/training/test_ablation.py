@@ -86,3 +86,30 @@ def test_a_target_without_queries_or_a_single_seed_is_null_not_a_number():
     single = summarize(_runs({("full", 0): np.ones(3)}, ids), [TARGET], **EVIDENCE)
     assert single["variants"]["full"][TARGET]["std"] is None and single["full_minus_plain"] == {}
     assert "| full | 100.00 ± - |" in ablation.format_markdown(single, [("neckline", TARGET)])
+
+
+def test_the_held_out_view_gets_its_own_summary_and_table_and_only_when_measured():
+    import dataclasses
+
+    rng = np.random.default_rng(1)
+    ids = [f"q{i}" for i in range(30)]
+    # on trained items full recalls labels (+30 points); held out, the gain is gone
+    default = _runs({(v, s): rng.random(30) * 0.5 + (0.3 if v == "full" else 0.0) for v in ("plain", "full")
+                     for s in (0, 1)}, ids)
+    held = _runs({(v, s): rng.random(30) * 0.5 for v in ("plain", "full") for s in (0, 1)}, ids)
+    runs = [dataclasses.replace(r, held_out=h) for r, h in zip(default, held)]
+    doc = ablation.summarize_views(runs, [TARGET], **EVIDENCE)
+    assert doc["full_minus_plain"][TARGET]["ci_low"] > 0
+    held_diff = doc[ablation.HELD_OUT]["full_minus_plain"][TARGET]
+    assert held_diff["ci_low"] < 0 < held_diff["ci_high"] and held_diff["n"] == 30
+    markdown = ablation.format_markdown(doc, [("neckline", TARGET)])
+    assert markdown.count("| full − plain |") == 2 and ablation.HELD_OUT_VIEW in markdown
+    assert ablation.HELD_OUT not in ablation.summarize_views(default, [TARGET], **EVIDENCE)  # not measured: absent
+
+
+def test_the_held_out_view_evaluates_on_the_query_split_as_the_catalog():
+    from protocol.retrieval.evaluation import EvalConfigMixin
+    from protocol.training.ablation_jobs import held_out_view
+
+    view = held_out_view(EvalConfigMixin(catalog_splits="train,val", query_split="test"))
+    assert (view.catalog_splits, view.query_split) == ("test", "test")

@@ -137,16 +137,19 @@ def run_ablation(cfg: AblationConfig) -> dict:
                      ", ".join(f"{m} {100 * v:.2f}" for m, v in run.metrics.items()))
 
         evidence = spec.evidence
-        doc = ablation.summarize(runs, metrics, resamples=evidence.resamples, seed=evidence.seed,
-                                 confidence=evidence.confidence)
+        doc = ablation.summarize_views(runs, metrics, resamples=evidence.resamples, seed=evidence.seed,
+                                       confidence=evidence.confidence)
         doc["provenance"] = provenance(processed.fingerprint, backbone_fp)
         markdown = ablation.format_markdown(doc, [(t.name, t.metric) for t in spec.targets])
         for path in ablation.write_ablation(doc, markdown, out):
             logger.log_artifact(path)
         logger.log_metrics({f"{ablation.variant_slug(v)}.{m}.mean": s["mean"]
                             for v, by_metric in doc["variants"].items() for m, s in by_metric.items()})
-        logger.log_metrics({f"full_minus_plain.{m}.{k}": d[k] for m, d in doc["full_minus_plain"].items()
-                            for k in ("mean", "ci_low", "ci_high")})
+        for prefix, view in (("", doc), (f"{ablation.HELD_OUT}.", doc.get(ablation.HELD_OUT))):
+            if view is not None:
+                logger.log_metrics({f"{prefix}full_minus_plain.{m}.{k}": d[k]
+                                    for m, d in view["full_minus_plain"].items() for k in ("mean", "ci_low", "ci_high")
+                                    if d[k] is not None})
         print(markdown, flush=True)
         ablation.write_ablation(doc, markdown, cfg.output_dir)  # the contract's path, beside <run_id>/
         return {"run_id": logger.run_id, "ablation": doc, "markdown": markdown}
