@@ -73,7 +73,8 @@ def test_the_pipeline_ablation_step_trains_every_variant_and_seed_as_child_runs_
 
 def test_a_bad_variant_or_a_per_variant_parameter_is_a_clear_error():
     with pytest.raises(SystemExit, match=r"parameter 'variants': unknown variant\(s\) \['half'\].*the variants are "
-                                         r"plain, \+attribute_heads, \+balanced_sampling, \+hard_negatives, full"):
+                                         r"plain, \+attribute_heads, \+attribute_scoring, \+balanced_sampling, "
+                                         r"\+hard_negatives, \+graded_pairs, \+image_side_pairs, \+neutral_compatible, full"):
         parse_config(AblationConfig, ["--variants", "plain,half"])
     with pytest.raises(SystemExit, match=r"\['attribute_heads'\]: each ablation variant sets .*'variants'"):
         parse_config(AblationConfig, ["--attribute_heads", "false"])
