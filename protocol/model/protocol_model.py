@@ -204,20 +204,27 @@ class ProtocolHeads(nn.Module):
         `weight` None: the fitted `config.attribute_weight`.
         """
         weight = self.config.attribute_weight if weight is None else weight
-        if not self.attribute_columns() or weight == 0:
+        if not len(self.attribute_heads) or weight == 0:
             return None
         return AttributeScores(weight, self.query_indicators(query_texts), self.attribute_log_probs(query_image_emb),
                                self.attribute_log_probs(catalog_image_emb))
 
-    def ranking_vectors(self, query_texts: Sequence[str], query_emb: np.ndarray,
-                        catalog_image_emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(queries, catalog) whose inner products rank: the embeddings, extended for late fusion when the
-        heads have a fitted attribute weight. A query text of "" (an image query) gets no attribute term."""
-        weight = self.config.attribute_weight
-        if not self.attribute_columns() or weight == 0:
-            return query_emb, catalog_image_emb
-        return (extend_queries(query_emb, self.query_indicators(query_texts), weight),
-                extend_items(catalog_image_emb, self.attribute_log_probs(catalog_image_emb)))
+    def ranking_queries(self, query_texts: Sequence[str], query_emb: np.ndarray) -> np.ndarray:
+        """Query vectors whose inner products with `ranking_catalog` rank: the embeddings, extended for late
+        fusion when the heads have a fitted attribute weight. A query text of "" (an image query) gets no
+        attribute term."""
+        if not self._late_fusion():
+            return query_emb
+        return extend_queries(query_emb, self.query_indicators(query_texts), self.config.attribute_weight)
+
+    def ranking_catalog(self, catalog_image_emb: np.ndarray) -> np.ndarray:
+        """The catalog side of `ranking_queries`: image embeddings, extended by their log-probabilities."""
+        if not self._late_fusion():
+            return catalog_image_emb
+        return extend_items(catalog_image_emb, self.attribute_log_probs(catalog_image_emb))
+
+    def _late_fusion(self) -> bool:
+        return bool(len(self.attribute_heads)) and self.config.attribute_weight > 0
 
     def state_for_checkpoint(self) -> dict[str, Any]:
         """Plain config + tensors: reloadable with torch.load(weights_only=True)."""

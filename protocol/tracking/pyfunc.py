@@ -111,7 +111,7 @@ class ProtocolPyfuncModel(mlflow.pyfunc.PythonModel):
                                         expected_backbone_fingerprint=spec["fingerprint"])
             self.dataset_ref = (context.model_config or {}).get("dataset", "")
             # the catalog side of the ranking vectors, made once (late fusion extends it per item)
-            self.catalog_vectors = self.model.heads.ranking_vectors([], self.catalog.image[:0], self.catalog.image)[1]
+            self.catalog_vectors = self.model.heads.ranking_catalog(self.catalog.image)
 
     def predict(self, model_input: list[Query], params: dict[str, Any] | None = None) -> list[Answer]:
         top_k = self._top_k(params)
@@ -142,7 +142,7 @@ class ProtocolPyfuncModel(mlflow.pyfunc.PythonModel):
         from protocol.retrieval.search import topk
 
         meta = self.catalog.meta
-        queries, _ = self.model.heads.ranking_vectors(texts, embeddings, self.catalog.image[:0])
+        queries = self.model.heads.ranking_queries(texts, embeddings)
         scores, rows = topk(queries, self.catalog_vectors, min(k, len(meta)), backend="auto", report={})
         ids, categories = meta["item_id"].astype(str).to_numpy(), meta["category2"].astype(str).to_numpy()
         urls = meta["url"].fillna("").astype(str).to_numpy() if "url" in meta else np.full(len(meta), "")

@@ -63,12 +63,12 @@ def validate(
     rows = np.concatenate([query_rows, catalog_rows])
     image, text = heads.embed_numpy(features.image[rows], features.text[rows])
     n = len(query_rows)
-    queries = meta.iloc[query_rows].reset_index(drop=True)
+    queries, catalog = meta.iloc[query_rows].reset_index(drop=True), meta.iloc[catalog_rows].reset_index(drop=True)
     scores = heads.attribute_scores(queries["text"].astype(str).tolist(), image[:n], image[n:], weight=1.0)
 
     def evaluate(weight: float, eval_modes) -> dict[str, float]:
         return evaluate_retrieval(
-            queries, text[:n], image[:n], meta.iloc[catalog_rows].reset_index(drop=True), image[n:], text[n:],
+            queries, text[:n], image[:n], catalog, image[n:], text[n:],
             modes=eval_modes,
             fusion_weight=heads.fusion_weight if fusion_weight is None else fusion_weight,
             max_queries=max_queries,

@@ -56,16 +56,18 @@ def test_a_query_with_no_grounded_attribute_ranks_by_the_embedding_alone():
     catalog, _ = heads.embed_numpy(rng.normal(size=(30, 4)).astype(np.float32), None)
     plain = np.argsort(-(queries @ catalog.T), axis=1, kind="stable")
 
-    query_vecs, catalog_vecs = heads.ranking_vectors(["a relaxed top", "leather jacket"], queries, catalog)
+    query_vecs = heads.ranking_queries(["a relaxed top", "leather jacket"], queries)
+    catalog_vecs = heads.ranking_catalog(catalog)
     fused = np.argsort(-(query_vecs @ catalog_vecs.T), axis=1, kind="stable")
     assert query_vecs[0, 4:].tolist() == [0.0] * 4  # nothing grounded: no attribute term at all
     assert (fused[0] == plain[0]).all()
     assert not (fused[1] == plain[1]).all()  # a grounded attribute does move the ranking
-    assert heads.ranking_vectors(["leather jacket"], queries[:1], catalog)[1].shape == (30, 8)
+    assert catalog_vecs.shape == (30, 8)
 
     unweighted = heads_with_attributes(weight=0.0)  # no fitted weight: the embedding, unextended
     one = queries[:1]
-    assert unweighted.ranking_vectors(["leather jacket"], one, catalog)[0] is one
+    assert unweighted.ranking_queries(["leather jacket"], one) is one
+    assert unweighted.ranking_catalog(catalog) is catalog
 
 
 def meta(n: int, materials) -> pd.DataFrame:

@@ -187,9 +187,8 @@ class EpochGallery:
         else:
             _, query_emb = heads.embed_numpy(None, self.query_text)
             catalog_emb, _ = heads.embed_numpy(self.catalog_image, None)
-            query_vecs, catalog_vecs = heads.ranking_vectors(self.queries["text"].astype(str).tolist(), query_emb,
-                                                             catalog_emb)
-            _, rankings = topk(query_vecs, catalog_vecs, min(GALLERY_RESULTS, len(self.catalog)), backend="auto",
+            query_vecs = heads.ranking_queries(self.queries["text"].astype(str).tolist(), query_emb)
+            _, rankings = topk(query_vecs, heads.ranking_catalog(catalog_emb), min(GALLERY_RESULTS, len(self.catalog)), backend="auto",
                                report={})
         rows = [GalleryRow(i, rankings[i], label) for i, label in enumerate(self.labels[:len(rankings)])]
         return compose_gallery(rows, self.queries, self.catalog, self.load_image, DEFAULT_ATTRIBUTES,
