@@ -21,7 +21,7 @@ import pandas as pd
 from protocol.io import atomic_path
 from protocol.retrieval.metrics import THIN_BELOW
 from protocol.scoreboard import TABLE_HEADER, Scoreboard, scoreboard_rows, table_caption
-from protocol.scoreboard.format import NUMERIC_COLUMNS
+from protocol.scoreboard.format import NUMERIC_COLUMNS, REPORTED_CAPTION, REPORTED_HEADER, reported_rows
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,8 @@ def _render_markdown(
             *(f"- {_md_escape(line)}" for line in scoreboard.details),
             "",
         ]
+        if scoreboard.reported:
+            out += [_md_escape(REPORTED_CAPTION) + ".", "", _md_table(REPORTED_HEADER, reported_rows(scoreboard)), ""]
     out += ["## Headline metrics", ""]
     header, rows = headline_table(metrics, counts)
     out += [_md_table(header, rows) if rows else "No metrics.", ""]
@@ -216,6 +218,9 @@ def _render_html(
         verdict_class = "pass" if scoreboard.passed else "fail"
         out.append(f'<p class="verdict {verdict_class}">{_e(scoreboard.verdict)}</p>')
         out.append("<ul>" + "".join(f"<li>{_e(line)}</li>" for line in scoreboard.details) + "</ul>")
+        if scoreboard.reported:
+            out.append(f"<p>{_e(REPORTED_CAPTION)}.</p>")
+            out.append(_html_table(REPORTED_HEADER, reported_rows(scoreboard), numeric=frozenset(range(1, 8))))
     out.append("<h2>Headline metrics</h2>")
     header, rows = headline_table(metrics, counts)
     out.append(_html_table(header, rows) if rows else "<p>No metrics.</p>")

@@ -4,6 +4,8 @@
 <eval_dir>/metrics.json                 every overall figure: {"value", "n", "thin"}
 <eval_dir>/metrics_by_<attribute>.json  {mode: {value: {p1, p5, p10, map10, n, thin}}}
 <eval_dir>/queries_<mode>.parquet       the per-query table of each mode (protocol.retrieval.metrics)
+<eval_dir>/queries_c2i.parquet          the class-name queries' table, when c2i was evaluated
+                                        (protocol.retrieval.class_queries; one row per class)
 <eval_dir>/manifest.json                what was evaluated: EvalManifest, written last
 ```
 The directory is written as a whole, atomically. The parquet tables carry the dataset
@@ -23,6 +25,7 @@ import pandas as pd
 
 from protocol.io import atomic_path, read_json, write_json
 from protocol.provenance import check_provenance, provenance, read_parquet, write_parquet
+from protocol.retrieval.class_queries import CLASS_QUERY_MODE
 from protocol.retrieval.metrics import ATTRIBUTES, METRIC_VERSION, EvalResult, by_attribute_table, parse_metric_key
 
 MANIFEST_FILE = "manifest.json"
@@ -116,6 +119,8 @@ def write_eval_dir(result: EvalResult, manifest: EvalManifest, eval_dir: str | P
         write_eval_json(result, tmp)
         for mode, table in result.queries.items():
             write_parquet(table, tmp / query_table_file(mode), record)
+        if result.class_queries is not None:
+            write_parquet(result.class_queries, tmp / query_table_file(CLASS_QUERY_MODE), record)
         write_json(tmp / MANIFEST_FILE, manifest.to_dict())
     return eval_dir
 
@@ -160,4 +165,14 @@ def read_query_table(eval_dir: str | Path, mode: str, manifest: EvalManifest, wh
     if query_ids_sha256(table["query_id"]) != manifest.query_ids_sha256:
         raise ValueError(f"{what}: {path} holds other queries than its manifest names; the directory was "
                          f"altered after it was written: re-run {MADE_BY}")
+    return table
+
+
+def read_class_query_table(eval_dir: str | Path, manifest: EvalManifest, what: str) -> pd.DataFrame | None:
+    """The c2i table of an eval/ directory, checked against its manifest; None when c2i was not evaluated."""
+    path = Path(eval_dir) / query_table_file(CLASS_QUERY_MODE)
+    if not path.is_file():
+        return None
+    table, _ = read_parquet(path, f"{what}: class-query table", dataset=manifest.dataset_fingerprint,
+                            backbone=manifest.backbone_fingerprint, made_by=MADE_BY)
     return table

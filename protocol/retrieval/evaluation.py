@@ -8,7 +8,7 @@ the tracking side only logs what these functions return.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from protocol.data.images import load_image
+from protocol.retrieval.class_queries import CLASS_QUERY_MODE, ClassQueries, evaluate_class_queries
 from protocol.retrieval.eval_files import EvalManifest, eval_manifest
 from protocol.retrieval.gallery import query_gallery, side_by_side_gallery, weakness_gallery
 from protocol.retrieval.metrics import (
@@ -34,6 +35,7 @@ from protocol.retrieval.metrics import (
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+EVAL_MODES = (*MODES, CLASS_QUERY_MODE)  # c2i rides along: at least one item mode is evaluated
 SIDE_BY_SIDE_QUERIES = 4  # per weak class: two rows each (baseline, candidate) stay readable
 
 
@@ -47,16 +49,18 @@ class EvalConfigMixin:
 
     catalog_splits: str = field(default="train,val", metadata={"help": "splits that form the catalog"})
     query_split: str = field(default="test", metadata={"help": "split whose items are the queries"})
-    modes: str = field(default="t2i,t2f,i2i", metadata={"help": "retrieval modes to evaluate"})
+    modes: str = field(default="t2i,t2f,i2i,c2i", metadata={
+        "help": "retrieval modes to evaluate; c2i = class-name queries, as on the public leaderboard"})
     max_queries: int | None = field(default=None, metadata={"help": "stratified sample of queries (empty = all)"})
     fusion_weight: float = field(default=0.5, metadata={"help": "image weight w of the fused t2f catalog"})
     eval_seed: int = 0
     gallery_queries: int = field(default=6, metadata={"help": "queries shown per gallery"})
 
     def __post_init__(self):
-        bad = [m for m in split_list(self.modes) if m not in MODES]
-        if bad or not split_list(self.modes):
-            raise ValueError(f"parameter 'modes' must list some of {', '.join(MODES)}, got {self.modes!r}")
+        bad = [m for m in split_list(self.modes) if m not in EVAL_MODES]
+        if bad or not self.item_modes():
+            raise ValueError(f"parameter 'modes' must list some of {', '.join(EVAL_MODES)}, with at least one of "
+                             f"{', '.join(MODES)}; got {self.modes!r}")
         for name in ("catalog_splits", "query_split"):
             bad = [s for s in split_list(getattr(self, name)) if s not in SPLITS]
             if bad or not split_list(getattr(self, name)):
@@ -66,6 +70,13 @@ class EvalConfigMixin:
             raise ValueError(f"parameter 'fusion_weight' must be in [0, 1], got {self.fusion_weight}")
         if self.max_queries is not None and self.max_queries < 1:
             raise ValueError(f"parameter 'max_queries' must be >= 1, got {self.max_queries}")
+
+    def item_modes(self) -> tuple[str, ...]:
+        """The modes whose queries are the query split's items."""
+        return tuple(m for m in split_list(self.modes) if m in MODES)
+
+    def wants_class_queries(self) -> bool:
+        return CLASS_QUERY_MODE in split_list(self.modes)
 
     def catalog_rows(self, meta: pd.DataFrame) -> np.ndarray:
         return np.flatnonzero(meta["split"].isin(split_list(self.catalog_splits)).to_numpy())
@@ -86,12 +97,16 @@ class SplitEvaluation:
 
 def evaluate_processed(cfg: EvalConfigMixin, processed, image_emb: np.ndarray, text_emb: np.ndarray, *,
                        backbone_fingerprint: str, fusion_weight: float | None = None,
-                       heads=None) -> SplitEvaluation:
+                       heads=None, class_queries: ClassQueries | None = None) -> SplitEvaluation:
     """Evaluate embeddings of every dataset row (catalog and queries) as `cfg` says.
 
     `heads` (the ProtocolHeads that made the embeddings) adds their attribute late fusion to
     the text-query modes, at their fitted weight: the ranking the served model makes.
+    `class_queries` (embedded like the texts) are the c2i queries, needed when `cfg` asks for c2i.
     """
+    if cfg.wants_class_queries() and class_queries is None:
+        raise ValueError("mode c2i needs the class-name queries' embeddings (the baseline stage caches their "
+                         f"backbone features); pass them, or leave c2i out of modes ({cfg.modes!r})")
     meta = processed.meta
     cat, qry = cfg.catalog_rows(meta), cfg.query_rows(meta)
     if len(cat) == 0 or len(qry) == 0:
@@ -101,13 +116,27 @@ def evaluate_processed(cfg: EvalConfigMixin, processed, image_emb: np.ndarray, t
     scores = None if heads is None else heads.attribute_scores(queries["text"].tolist(), image_emb[qry], image_emb[cat])
     result = evaluate_retrieval(
         queries, text_emb[qry], image_emb[qry], catalog, image_emb[cat], text_emb[cat],
-        modes=tuple(split_list(cfg.modes)), fusion_weight=cfg.fusion_weight if fusion_weight is None else fusion_weight,
+        modes=cfg.item_modes(), fusion_weight=cfg.fusion_weight if fusion_weight is None else fusion_weight,
         max_queries=cfg.max_queries, seed=cfg.eval_seed, attribute_scores=scores,
     )
+    if cfg.wants_class_queries():
+        result = with_class_queries(result, class_queries, catalog, image_emb[cat], heads)
     manifest = eval_manifest(result, dataset_fingerprint=processed.fingerprint,
                              backbone_fingerprint=backbone_fingerprint,
                              catalog_splits=split_list(cfg.catalog_splits), query_split=split_list(cfg.query_split))
     return SplitEvaluation(result, manifest, queries, catalog)
+
+
+def with_class_queries(result: EvalResult, class_queries: ClassQueries, catalog: pd.DataFrame,
+                       catalog_image: np.ndarray, heads=None) -> EvalResult:
+    """`result` with the c2i figures and table added; `heads` rank with their late fusion, like text queries."""
+    query_vectors, catalog_vectors = class_queries.embeddings, catalog_image
+    if heads is not None:
+        query_vectors = heads.ranking_queries(class_queries.prompts["prompt"].tolist(), query_vectors)
+        catalog_vectors = heads.ranking_catalog(catalog_image)
+    metrics, counts, table = evaluate_class_queries(class_queries, catalog, catalog_vectors, query_vectors)
+    return replace(result, metrics=result.metrics | metrics, counts=result.counts | counts,
+                   thin=result.thin | {key for key, n in counts.items() if n < THIN_BELOW}, class_queries=table)
 
 
 def image_loader(processed) -> Callable[[str], Image.Image]:

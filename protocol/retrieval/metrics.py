@@ -78,6 +78,7 @@ class EvalResult:
     ks: tuple[int, ...] = field(default=(1, 5, 10))
     queries: dict[str, pd.DataFrame] = field(default_factory=dict)  # mode -> per-query table (`query_table`)
     search: dict[str, dict] = field(default_factory=dict)  # mode -> search.topk report (backend, recall)
+    class_queries: pd.DataFrame | None = None  # the c2i per-query table (protocol.retrieval.class_queries)
 
 
 # ---- attribute values -------------------------------------------------------------
@@ -402,7 +403,7 @@ def by_attribute_table(result: EvalResult, attribute: str) -> pd.DataFrame:
     cells: dict[tuple[str, str], dict] = {}
     for key, value in result.metrics.items():
         mode, attr, stat, attr_value = parse_metric_key(key)
-        if attr == attribute and attr_value is not None:
+        if attr == attribute and attr_value is not None and mode in MODES:  # c2i has its own table
             row = cells.setdefault((mode, attr_value), {"mode": mode, "value": attr_value})
             row[stat], row["n"] = value, result.counts[key]
     stats = [f"p{k}" for k in result.ks] + ["map10"]

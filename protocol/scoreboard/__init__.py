@@ -6,7 +6,9 @@ The targets live in `protocol/configs/scoreboard.yaml` (locked: they define what
   rare materials it names;
 - `evidence`: the per-query tables and manifests of evaluations, the comparability
   check, pairing on query ids;
-- `compute`: deltas, the paired bootstrap, per-target results, the verdict;
+- `bootstrap`: the points scale and the paired bootstrap interval;
+- `compute`: per-target results, the verdict;
+- `reported`: rows shown beside the targets but never judged (the c2i class-name queries);
 - `promotion`: when `@champion` moves;
 - `format`: the text table, the display rows the report shares, scoreboard.json/.txt.
 
@@ -14,17 +16,9 @@ No MLflow here: the tracking side reads versions from the registry, tags the ver
 and moves aliases.
 """
 
-from protocol.scoreboard.compute import (
-    DELTA_DECIMALS,
-    PairedInterval,
-    RulePart,
-    Scoreboard,
-    TargetResult,
-    compute_scoreboard,
-    delta_points,
-    paired_bootstrap,
-    points,
-)
+from protocol.scoreboard.bootstrap import DELTA_DECIMALS, PairedInterval, delta_points, paired_bootstrap, points
+from protocol.scoreboard.compute import RulePart, Scoreboard, TargetResult, compute_scoreboard
+from protocol.scoreboard.reported import ReportedRow, class_query_rows
 from protocol.scoreboard.evidence import (
     COMPARED,
     Evidence,
@@ -55,8 +49,8 @@ from protocol.scoreboard.spec import (
 __all__ = [
     "COMPARED", "DEFAULT_SPEC_PATH", "DELTA_DECIMALS", "GROUPS", "LOCKED_TARGETS_SHA256", "RULES", "TABLE_HEADER",
     "ChampionStanding", "Evidence", "EvidenceRule", "MissingMetricError", "NotComparableError", "Paired",
-    "PairedInterval", "Promotion", "RulePart", "Scoreboard", "ScoreboardSpec", "ScoreboardSpecError", "Target",
-    "TargetResult", "check_comparable", "compare_with_champion", "compute_scoreboard", "decide_promotion",
+    "PairedInterval", "Promotion", "ReportedRow", "RulePart", "Scoreboard", "ScoreboardSpec", "ScoreboardSpecError", "Target",
+    "TargetResult", "check_comparable", "class_query_rows", "compare_with_champion", "compute_scoreboard", "decide_promotion",
     "delta_points", "evidence_of", "focus_classes", "format_table", "load_targets", "paired_bootstrap",
     "paired_values", "points", "read_evidence", "scoreboard_rows", "table_caption", "targets_sha256",
     "write_scoreboard",

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from protocol.retrieval.eval_files import EvalManifest, read_eval_manifest, read_query_table
+from protocol.retrieval.eval_files import EvalManifest, read_class_query_table, read_eval_manifest, read_query_table
 from protocol.retrieval.metrics import EvalResult, metric_per_query
 
 # What two evaluations must share to be compared (EvalManifest.comparable_fields names them).
@@ -40,6 +40,7 @@ class Evidence:
     what: str  # names it in messages, e.g. "candidate (version 3)"
     manifest: EvalManifest
     tables: Mapping[str, pd.DataFrame]
+    class_queries: pd.DataFrame | None = None  # the c2i table; None for an evaluation made without c2i
 
     def table(self, mode: str) -> pd.DataFrame:
         if mode not in self.tables:
@@ -59,12 +60,12 @@ def read_evidence(eval_dir: str | Path, what: str, modes: Sequence[str] | None =
     """The manifest and per-query tables (of `modes`, default all) of an eval/ directory."""
     manifest = read_eval_manifest(eval_dir, what)
     tables = {mode: read_query_table(eval_dir, mode, manifest, what) for mode in (modes or manifest.modes)}
-    return Evidence(what, manifest, tables)
+    return Evidence(what, manifest, tables, read_class_query_table(eval_dir, manifest, what))
 
 
 def evidence_of(result: EvalResult, manifest: EvalManifest, what: str) -> Evidence:
     """An evaluation still in memory (e.g. the candidate inside the evaluate stage)."""
-    return Evidence(what, manifest, result.queries)
+    return Evidence(what, manifest, result.queries, result.class_queries)
 
 
 def check_comparable(sides: Sequence[Evidence]) -> dict[str, Any]:

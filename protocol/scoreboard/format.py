@@ -6,11 +6,16 @@ from pathlib import Path
 from typing import Any
 
 from protocol.io import atomic_path, write_json
-from protocol.scoreboard.compute import Scoreboard, TargetResult, points
+from protocol.scoreboard.bootstrap import points
+from protocol.scoreboard.compute import Scoreboard, TargetResult
 
 TABLE_HEADER = ("", "target", "metric", "baseline", "candidate", "delta", "95% interval", "threshold", "n",
                 "overall rule", "evidence")
 NUMERIC_COLUMNS = frozenset({3, 4, 5, 6, 7, 8})  # read best right-aligned
+REPORTED_HEADER = ("reported, not locked", "P@1", "P@10", "MRR", "AvgP", "AvgP delta", "95% interval", "classes")
+REPORTED_CAPTION = ("Class-name queries (c2i, the public leaderboard's category-to-product task), baseline -> "
+                    "candidate in points over the classes both answered; reported only: they never change the "
+                    "verdict or promotion")
 
 
 def _mark_cell(r: TargetResult) -> str:
@@ -68,18 +73,34 @@ def table_caption(scoreboard: Scoreboard) -> str:
     )
 
 
-def format_table(scoreboard: Scoreboard) -> str:
-    """An aligned text table, then the verdict line and the lines that qualify it."""
-    rows = [TABLE_HEADER, *scoreboard_rows(scoreboard)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
+def reported_rows(scoreboard: Scoreboard) -> list[tuple[str, ...]]:
+    """Display cells of the rows reported but not locked (columns: REPORTED_HEADER)."""
+    def pair(r, stat):
+        return f"{points(r.baseline[stat]):.2f} -> {points(r.candidate[stat]):.2f}"
+    return [(f"c2i {r.attribute}", pair(r, "P@1"), pair(r, "P@10"), pair(r, "MRR"), pair(r, "AvgP"),
+             f"{r.delta_points:+.2f}", f"[{r.ci_low_points:+.2f}, {r.ci_high_points:+.2f}]", str(r.n))
+            for r in scoreboard.reported]
+
+
+def _aligned(rows: list[tuple[str, ...]], numeric: frozenset[int]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
 
     def line(row: tuple[str, ...]) -> str:
-        cells = [c.rjust(w) if i in NUMERIC_COLUMNS else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
         return "  ".join(cells).rstrip()
 
     rule = "-" * len(line(rows[0]))
-    body = [line(rows[0]), rule, *(line(r) for r in rows[1:]), rule]
-    return "\n".join([table_caption(scoreboard), *body, scoreboard.verdict, *scoreboard.details]) + "\n"
+    return [line(rows[0]), rule, *(line(r) for r in rows[1:]), rule]
+
+
+def format_table(scoreboard: Scoreboard) -> str:
+    """An aligned text table, then the verdict line and the lines that qualify it, then the reported rows."""
+    lines = [table_caption(scoreboard), *_aligned([TABLE_HEADER, *scoreboard_rows(scoreboard)], NUMERIC_COLUMNS),
+             scoreboard.verdict, *scoreboard.details]
+    if scoreboard.reported:
+        lines += ["", REPORTED_CAPTION,
+                  *_aligned([REPORTED_HEADER, *reported_rows(scoreboard)], frozenset(range(1, 8)))]
+    return "\n".join(lines) + "\n"
 
 
 def write_scoreboard(scoreboard: Scoreboard, out_dir: str | Path, extra: dict[str, Any] | None = None,

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.scoreboard.compute import Scoreboard, points
+from protocol.scoreboard.bootstrap import points
+from protocol.scoreboard.compute import Scoreboard
 from protocol.scoreboard.evidence import Evidence, NotComparableError, check_comparable
 from protocol.scoreboard.spec import LOCKED_TARGETS_SHA256, ScoreboardSpec
 

@@ -49,8 +49,10 @@ def run_baseline(cfg: BaselineConfig) -> dict:
     from protocol.data.processed import load_processed
     from protocol.model.backbone import BackboneSpec, create_backbone
     from protocol.model.features import extract_features
+    from protocol.model.prompt_features import cached_prompt_features
     from protocol.model.protocol_model import ProtocolHeads
     from protocol.retrieval.catalog import build_catalog
+    from protocol.retrieval.class_queries import ClassQueries, class_prompts
     from protocol.tracking.artifact_cache import stable_reference
     from protocol.tracking.pyfunc import encoded_image, log_protocol_model
     from protocol.training.checkpoint import save_checkpoint
@@ -72,8 +74,13 @@ def run_baseline(cfg: BaselineConfig) -> dict:
                     "catalog_splits": cfg.catalog_splits}
         catalog_dir = build_catalog(out / "catalog", features.image[catalog_rows], features.text[catalog_rows],
                                     meta.iloc[catalog_rows].reset_index(drop=True), manifest)
+        class_queries = None
+        if cfg.wants_class_queries():  # embedded now and cached, so evaluate never needs the backbone
+            prompts = class_prompts(meta)
+            class_queries = ClassQueries(prompts, cached_prompt_features(prompts, backbone, cfg.cache_dir,
+                                                                         processed.fingerprint))
         evaluation = evaluate_and_log(logger, cfg, processed, features.image, features.text, catalog_dir / "eval",
-                                      backbone_fingerprint=backbone.fingerprint)
+                                      backbone_fingerprint=backbone.fingerprint, class_queries=class_queries)
         logger.log_artifact(catalog_dir, "catalog")
         logger.log_artifact(catalog_dir / "eval", "eval")  # where the scoreboard reads a version's metrics
 

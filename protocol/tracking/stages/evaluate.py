@@ -55,8 +55,10 @@ def locate_checkpoint(cfg: EvaluateConfig):
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     from protocol.data.processed import load_processed
     from protocol.model.features import load_features
+    from protocol.model.prompt_features import load_prompt_features
     from protocol.model.protocol_model import ProtocolHeads
     from protocol.retrieval.catalog import build_catalog, load_catalog
+    from protocol.retrieval.class_queries import ClassQueries, class_prompts
     from protocol.training.checkpoint import load_checkpoint
 
     with stage_run("evaluate", cfg, output_dir=cfg.output_dir) as logger:
@@ -76,6 +78,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         heads = ProtocolHeads.from_checkpoint(state)
         image_emb, text_emb = heads.embed_numpy(features.image, features.text)
         fusion = heads.fusion_weight if heads.config.learn_fusion else cfg.fusion_weight
+        class_queries = None
+        if cfg.wants_class_queries():
+            prompts = class_prompts(processed.meta)
+            _, prompt_emb = heads.embed_numpy(None, load_prompt_features(prompts, cfg.cache_dir, processed.fingerprint,
+                                                                         backbone_fp))
+            class_queries = ClassQueries(prompts, prompt_emb)
 
         out = logger.output_dir
         meta = processed.meta
@@ -85,7 +93,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                                     {**baseline_catalog.manifest, "heads": str(ckpt_path.name),
                                      "candidate_version": version.version if version else None})
         evaluation = evaluate_and_log(logger, cfg, processed, image_emb, text_emb, catalog_dir / "eval",
-                                      backbone_fingerprint=backbone_fp, fusion_weight=fusion, heads=heads)
+                                      backbone_fingerprint=backbone_fp, fusion_weight=fusion, heads=heads,
+                                      class_queries=class_queries)
         logger.log_metrics({"fusion_weight": fusion, "attribute_weight": heads.config.attribute_weight})
         logger.log_artifact(catalog_dir / "eval", "eval")
         logger.log_artifact(catalog_dir, "catalog")

@@ -115,7 +115,7 @@ def run_scoreboard(cfg: ScoreboardConfig) -> dict:
 
 
 def _row_metrics(board) -> dict[str, float]:
-    """Per target: n always; delta and its interval where the target could be judged."""
+    """Per target: n always; delta and its interval where the target could be judged. Per reported row: n, delta."""
     out = {}
     for r in board.results:
         out[f"scoreboard.n.{r.target.metric}"] = float(r.n)
@@ -123,4 +123,6 @@ def _row_metrics(board) -> dict[str, float]:
             out |= {f"scoreboard.delta.{r.target.metric}": r.delta_points,
                     f"scoreboard.ci_low.{r.target.metric}": r.ci_low_points,
                     f"scoreboard.ci_high.{r.target.metric}": r.ci_high_points}
+    for r in board.reported:  # reported beside the targets, never judged
+        out |= {f"scoreboard.reported.n.{r.metric}": float(r.n), f"scoreboard.reported.delta.{r.metric}": r.delta_points}
     return out
