@@ -65,6 +65,7 @@ serve: setup
 	@[[ "$(VERSION)" =~ ^(@[A-Za-z0-9_-]+|[0-9]+)$$ ]] \
 	  || { echo "error: VERSION='$(VERSION)' is neither an alias (VERSION=@champion) nor a version number (VERSION=3)" >&2; exit 2; }; \
 	uri=$$($(STORE_URI)) || exit 1; \
+	MLFLOW_TRACKING_URI="$$uri" python -m protocol.tracking.registry "$(VERSION)" > /dev/null || exit 1; \
 	model="models:/$(REGISTERED_MODEL)$(if $(filter @%,$(VERSION)),$(VERSION),/$(VERSION))"; \
 	echo "serving $$model of $$uri at http://127.0.0.1:$(PORT)/invocations"; \
 	MLFLOW_TRACKING_URI="$$uri" exec mlflow models serve -m "$$model" --env-manager local --host 127.0.0.1 --port $(PORT)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -30,6 +33,11 @@ def version_by_number(version: str | int, model: str = REGISTERED_MODEL):
         return MlflowClient().get_model_version(model, str(version))
     except MlflowException as e:
         raise LookupError(f"registered model {model!r} has no version {version}") from e
+
+
+def resolve_version(ref: str):
+    """The version a reference names: `@alias` or a version number."""
+    return version_by_alias(ref[1:]) if ref.startswith("@") else version_by_number(ref)
 
 
 def version_for_run(run_id: str, model: str = REGISTERED_MODEL):
@@ -78,3 +86,22 @@ def load_version_model(version, model: str = REGISTERED_MODEL):
     import mlflow
 
     return mlflow.pyfunc.load_model(f"models:/{model}/{version.version}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m protocol.tracking.registry VERSION`: print the version number VERSION names, or one error line
+    and status 1 (what `make serve` checks before `mlflow models serve`, which would answer with a traceback)."""
+    parser = argparse.ArgumentParser(prog="python -m protocol.tracking.registry", allow_abbrev=False,
+                                     description="check that a registered version exists (MLFLOW_TRACKING_URI)")
+    parser.add_argument("version", help="@alias (e.g. @champion) or a version number")
+    args = parser.parse_args(argv)
+    try:
+        print(resolve_version(args.version).version)
+    except LookupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

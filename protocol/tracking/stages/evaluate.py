@@ -46,9 +46,7 @@ def locate_checkpoint(cfg: EvaluateConfig):
     if cfg.train_run:
         version = registry.version_for_run(cfg.train_run)
         return resolve_input(run_artifact_uri(cfg.train_run, "checkpoints/best.pt"), "train_run"), version
-    from protocol.tracking.stages.scoreboard import resolve_version
-
-    version = resolve_version(cfg.version)
+    version = registry.resolve_version(cfg.version)
     return resolve_input(run_artifact_uri(version.run_id, "checkpoints/best.pt"), "version"), version
 
 

@@ -37,10 +37,6 @@ class ScoreboardConfig:
                 raise ValueError(f"parameter {name!r} must be @alias or a version number, got {value!r}")
 
 
-def resolve_version(ref: str):
-    return registry.version_by_alias(ref[1:]) if ref.startswith("@") else registry.version_by_number(ref)
-
-
 def version_evidence(version, role: str, spec):
     """The per-query evidence of a version's evaluation, in the spec's mode."""
     from protocol.scoreboard import read_evidence
@@ -75,7 +71,7 @@ def run_scoreboard(cfg: ScoreboardConfig) -> dict:
         spec = load_targets(cfg.targets or None)
         lock_tags = {"targets_sha256": spec.sha256, "locked": str(spec.locked).lower()}
         logger.set_tags(lock_tags)
-        base_v, cand_v = resolve_version(cfg.baseline), resolve_version(cfg.candidate)
+        base_v, cand_v = registry.resolve_version(cfg.baseline), registry.resolve_version(cfg.candidate)
         logger.name_after(baseline_version=base_v.version, candidate_version=cand_v.version)
         version_tags = {"scoreboard.run_id": logger.run_id, "scoreboard.baseline_version": base_v.version,
                         **{f"scoreboard.{k}": v for k, v in lock_tags.items()}}
