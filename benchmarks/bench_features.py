@@ -11,8 +11,16 @@ ratio (main process + workers vs the bare forward) is steadier still on a shared
 What the forward leaves on the table: its FLOPs are counted by torch
 (`torch.utils.flop_counter`) and its GFLOP/s printed beside a large `torch.mm` on the
 same device, in fp32 and, where the forward runs under autocast (CUDA), in that dtype.
-On a GPU the bare forward copies its fp32 pixels from host memory as extraction's own
-inputs do; the forward alone on inputs already on the device is printed beside it.
+On a CPU, the machine's rate is printed twice: `torch.mm` (MKL, which takes its AVX2 path on AMD
+CPUs) and oneDNN's GEMM on the same matrices, the kernel the backbone's oneDNN forward uses. On a GPU
+the bare forward copies its fp32 pixels from host memory as extraction's own inputs do; the forward
+alone on inputs already on the device is printed beside it.
+
+Where the backbone's forward runtime is not eager (`Backbone.runtime`, e.g. oneDNN on a CPU), the
+eager forward of the same weights runs in the same run too (before and after extraction, like the
+bare forward): its items/s and GFLOP/s, the speed-up, and the largest difference of the two
+L2-normalised features on the same inputs. FLOPs are counted on the eager forward (torch's counter
+has no formula for oneDNN's fused linear op); both forwards do the same arithmetic.
 
     python benchmarks/bench_features.py --model ViT-B-32 --n 256 --batch_size 32
     python benchmarks/bench_features.py --n 16384 --batch_size 256 --image_format jpeg --image_size 800   # a GPU
@@ -39,7 +47,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from protocol.io import read_json
-from protocol.model.backbone import Backbone, BackboneSpec, create_backbone
+from protocol.model.backbone import FORWARD_EAGER, Backbone, BackboneSpec, create_backbone
 from protocol.model.extract_local import default_num_workers
 from protocol.model.feature_inputs import DeviceImageFeatures, RowReader, decode_on, input_plan
 from protocol.model.features import ENGINES, cache_path, extract_features
@@ -53,6 +61,8 @@ MATERIALS = ["denim", "leather", "cotton", "wool", "linen", "silk"]
 # process (10 GB at n=16384) would make each DataLoader worker's fork cost seconds, which the bare
 # forward does not pay and a pipeline would not either.
 BARE_DISTINCT = 1024
+EXACT_ITEMS = 64  # items on which the forward runtime's features are compared with eager's
+EXACT_LIMIT = 1e-5  # max abs difference of L2-normalised features a kept runtime may have
 
 
 def drawn_image(rng: np.random.Generator, size: int, image_format: str) -> bytes:
@@ -209,18 +219,23 @@ def text_shape(tokens: torch.Tensor) -> tuple[int, int]:
     return len(tokens), int(tokens.argmax(dim=-1).max())
 
 
-def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
-    """GFLOP/s of `torch.mm` of two size x size matrices on `device` (best of `repeats` blocks)."""
+def onednn_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b.T by oneDNN's GEMM, as the backbone's oneDNN forward runs its linear layers."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5, mm=torch.mm) -> float:
+    """GFLOP/s of `mm` (default `torch.mm`) of two size x size matrices on `device` (best of `repeats` blocks)."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     per_block = 10 if device.type == "cuda" else 1  # one CUDA product is too short to time alone
-    torch.mm(a, b)
+    mm(a, b)
     synchronize(device)
     best = math.inf
     for _ in range(repeats):
         started = time.perf_counter()
         for _ in range(per_block):
-            torch.mm(a, b)
+            mm(a, b)
         synchronize(device)
         best = min(best, (time.perf_counter() - started) / per_block)
     return 2 * size**3 / best / 1e9
@@ -247,20 +262,36 @@ def device_decode_seconds(dataset: datasets.Dataset, backbone: Backbone, batch_s
     return (time.perf_counter() - started) / sum(len(b.rows) for b in encoded)
 
 
+def max_feature_difference(backbone: Backbone, eager: Backbone, pixels, tokens, batch_size: int) -> dict:
+    """Largest |runtime - eager| of L2-normalised features over the first EXACT_ITEMS inputs, per kind."""
+    diff = {}
+    for kind, inputs, method in (("image", pixels, "pixel_features"), ("text", tokens, "token_features")):
+        diff[kind] = max(float((getattr(backbone, method)(b) - getattr(eager, method)(b)).abs().max())
+                         for b in batches(inputs[:EXACT_ITEMS], min(EXACT_ITEMS, len(inputs)), batch_size))
+    return diff
+
+
 def print_flops(backbone: Backbone, pixels, tokens, n: int, batch_size: int, bare: dict, phases: dict,
-                matmul_size: int, alone: bool) -> dict | None:
-    """The forward's GFLOP/s beside the machine's matmul rate; with `alone`, also the forward alone on
-    inputs already on the device (its seconds per kind are returned)."""
+                matmul_size: int, alone: bool, eager: Backbone | None = None,
+                eager_bare: dict | None = None) -> dict | None:
+    """The forward's GFLOP/s beside the machine's matmul rate, and with `eager` (the same weights with
+    the eager forward, timed in `eager_bare`) the eager forward's; with `alone`, also the forward alone
+    on inputs already on the device (its seconds per kind are returned)."""
     device = backbone.device
-    flops = {"image": forward_flops(backbone.pixel_features, pixels, n, batch_size, len),
-             "text": forward_flops(backbone.token_features, tokens, n, batch_size, text_shape)}
+    counted = eager or backbone  # torch's flop counter knows eager ops only
+    flops = {"image": forward_flops(counted.pixel_features, pixels, n, batch_size, len),
+             "text": forward_flops(counted.token_features, tokens, n, batch_size, text_shape)}
     autocast = getattr(backbone._autocast(), "fast_dtype", None)  # what the forward computes in
     rates = {"fp32": matmul_gflops(device, torch.float32, matmul_size)}
     if autocast is not None:
         rates[str(autocast).removeprefix("torch.")] = matmul_gflops(device, autocast, matmul_size)
+    onednn = (matmul_gflops(device, torch.float32, matmul_size, mm=onednn_mm)
+              if device.type == "cpu" and torch.backends.mkldnn.is_available() else None)
     print(f"\nmatmul on {device} ({matmul_size}x{matmul_size}, {torch.get_num_threads()} torch threads, fp32 "
           f"matmul precision {torch.get_float32_matmul_precision()!r}): "
-          + ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in rates.items()))
+          + ", ".join(f"{k} torch.mm {v:,.0f} GFLOP/s" for k, v in rates.items())
+          + (f", fp32 oneDNN {onednn:,.0f} GFLOP/s" if onednn else ""))
+    print(f"forward runtime {backbone.runtime}")
     print(f"forward FLOPs (torch.utils.flop_counter): image {flops['image'] / n / 1e9:.4g} GFLOP/item, "
           f"text {flops['text'] / n / 1e9:.4g} GFLOP/item" + (f"; the forward runs in {autocast} autocast" if autocast
                                                                  else ""))
@@ -268,10 +299,20 @@ def print_flops(backbone: Backbone, pixels, tokens, n: int, batch_size: int, bar
     resident = ({kind: resident_forward_seconds(f, x, n, batch_size, device) for kind, f, x in
                  (("image", backbone.pixel_features, pixels), ("text", backbone.token_features, tokens))}
                 if alone else None)
+    def of_matmul(gflops: float) -> str:
+        return (f"{gflops:8,.1f} GFLOP/s = {gflops / reference[1]:.3f} of {reference[0]} torch.mm"
+                + (f", {gflops / onednn:.3f} of oneDNN" if onednn else ""))
+
+    difference = max_feature_difference(backbone, eager, pixels, tokens, batch_size) if eager else None
     for kind in ("image", "text"):
-        line = (f"{kind:6} bare forward {flops[kind] / bare[kind][0] / 1e9:10,.1f} GFLOP/s "
-                f"= {flops[kind] / bare[kind][0] / 1e9 / reference[1]:.3f} of {reference[0]} matmul; "
+        line = (f"{kind:6} bare forward ({backbone.runtime.get('forward')}) {of_matmul(flops[kind] / bare[kind][0] / 1e9)}; "
                 f"extraction {flops[kind] / phases[kind]['seconds'] / 1e9:,.1f} GFLOP/s")
+        if eager:
+            seconds = eager_bare[kind][0]
+            line += (f"\n{'':6} eager forward {of_matmul(flops[kind] / seconds / 1e9)}, {n / seconds:,.1f} items/s; "
+                     f"{backbone.runtime.get('forward')}/eager {seconds / bare[kind][0]:.2f}x; max |difference| of "
+                     f"L2-normalised features over {min(EXACT_ITEMS, len(pixels))} items {difference[kind]:.1e} "
+                     f"({'within' if difference[kind] <= EXACT_LIMIT else 'OVER'} {EXACT_LIMIT:g})")
         if resident:
             line += (f"; forward alone on {device} inputs {flops[kind] / resident[kind] / 1e9:,.1f} GFLOP/s "
                      f"= {flops[kind] / resident[kind] / 1e9 / reference[1]:.3f} of {reference[0]} matmul, "
@@ -296,6 +337,8 @@ def main() -> None:
                         help="png like the embedded synthetic catalog; jpeg like real product photos "
                              "(on CUDA, JPEGs are decoded on the device)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--forward", default="auto", help="the backbone's forward runtime (backbone.FORWARDS); "
+                        "unless eager, the eager forward of the same weights is timed beside it")
     parser.add_argument("--matmul_size", type=int, default=None,
                         help="side of the square torch.mm that gives the machine's rate (default: 2048 on a "
                              "CPU, 8192 on a GPU)")
@@ -307,7 +350,9 @@ def main() -> None:
 
     started = time.perf_counter()
     dataset = make_dataset(args.n, args.image_size, args.image_format)  # forks: before torch starts threads
-    backbone = create_backbone(BackboneSpec(args.model, args.pretrained), device=args.device)
+    backbone = create_backbone(BackboneSpec(args.model, args.pretrained), device=args.device, forward=args.forward)
+    eager = (create_backbone(BackboneSpec(args.model, args.pretrained), device=args.device, forward=FORWARD_EAGER)
+             if backbone.runtime["forward"] != FORWARD_EAGER else None)
     if args.num_workers is None:
         args.num_workers = default_num_workers(backbone.device)
     if args.matmul_size is None:
@@ -315,10 +360,12 @@ def main() -> None:
     pixels, tokens, input_cost = bare_inputs(dataset, backbone, args.batch_size)
     print(f"device {backbone.device}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
           f"load average before {os.getloadavg()}; data made in {time.perf_counter() - started:.1f}s")
-    backbone.embed_pixels(pixels[: args.batch_size])  # warm-up, both paths profit from it
-    backbone.embed_tokens(tokens[: args.batch_size])
+    for warmed in filter(None, (backbone, eager)):  # warm-up, both paths profit from it
+        warmed.embed_pixels(pixels[: args.batch_size])
+        warmed.embed_tokens(tokens[: args.batch_size])
 
     bare_before = bare_pass(backbone, pixels, tokens, args.n, args.batch_size)
+    eager_before = bare_pass(eager, pixels, tokens, args.n, args.batch_size) if eager else None
     with tempfile.TemporaryDirectory() as cache_dir:
         started, cpu_started = time.perf_counter(), cpu_seconds()
         features = extract_features(dataset, "b" * 64, backbone, cache_dir, batch_size=args.batch_size,
@@ -327,9 +374,12 @@ def main() -> None:
         phases = read_json(cache_path(cache_dir, "b" * 64, backbone.fingerprint) / "manifest.json")["last_run"]
     assert features.n_computed == args.n
     bare_after = bare_pass(backbone, pixels, tokens, args.n, args.batch_size)
+    eager_after = bare_pass(eager, pixels, tokens, args.n, args.batch_size) if eager else None
 
     n = args.n
     bare = {k: [(bare_before[k][i] + bare_after[k][i]) / 2 for i in (0, 1)] for k in ("image", "text")}
+    eager_bare = ({k: [(eager_before[k][i] + eager_after[k][i]) / 2 for i in (0, 1)] for k in ("image", "text")}
+                  if eager else None)
     print(f"\n{args.model} on {backbone.device}, engine {args.engine}, n={n}, batch {args.batch_size}, "
           f"{args.num_workers} workers, {torch.get_num_threads()} torch threads, "
           f"load average after {os.getloadavg()}")
@@ -353,14 +403,17 @@ def main() -> None:
     print(f"CPU time (main + workers): {end_to_end_cpu:.1f}s vs bare {bare_cpu:.1f}s -> ratio {bare_cpu / end_to_end_cpu:.2f}")
     # On a CPU the bare forward is the forward alone: its inputs are where the model is.
     resident = print_flops(backbone, pixels, tokens, args.n, args.batch_size, bare, phases, args.matmul_size,
-                           alone=backbone.device.type != "cpu")
+                           alone=backbone.device.type != "cpu", eager=eager, eager_bare=eager_bare)
     ratios = {kind: bare[kind][0] / phases[kind]["seconds"] for kind in ("image", "text")}
     alone = (f"; vs the forward alone on {backbone.device} inputs: image "
              f"{resident['image'] / phases['image']['seconds']:.2f} text {resident['text'] / phases['text']['seconds']:.2f}"
              if resident else "")
+    speedup = (f"; {backbone.runtime['forward']} forward vs eager: image "
+               f"{eager_bare['image'][0] / bare['image'][0]:.2f}x text {eager_bare['text'][0] / bare['text'][0]:.2f}x"
+               if eager else "")
     print(f"ratios vs the bare forward: image {ratios['image']:.2f} text {ratios['text']:.2f} "
           f"(GPU target >= 0.8 each){alone}; extraction items/s: image {n / phases['image']['seconds']:.1f} "
-          f"text {n / phases['text']['seconds']:.1f}")
+          f"text {n / phases['text']['seconds']:.1f}{speedup}")
 
 
 if __name__ == "__main__":

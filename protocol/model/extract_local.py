@@ -34,7 +34,11 @@ def default_num_workers(device: torch.device) -> int:
     CORES_PER_CPU_WORKER cores, none below that (decoding in the main process). Measured
     with benchmarks/bench_features.py on 2 cores (ViT-B-32, 224 px images, three rounds,
     ratio to the bare forward): 0 workers 1.13 (images) and 1.35 (texts) on average, 1 worker
-    1.00 and 0.91, 2 workers 0.94 and 0.76 (README, "Feature extraction"). On a GPU the
+    1.00 and 0.91, 2 workers 0.94 and 0.76 (README, "Feature extraction"). With the oneDNN
+    forward (backbone.FORWARD_ONEDNN, twice as fast, so decoding weighs twice as much), n=256,
+    two rounds each: 0 workers 1.01 and 0.94 (images), 1.06 and 1.05 (texts); 1 worker 0.86
+    and 0.86, 0.84 and 0.86: still none. The model keeps torch's default thread count, which is
+    the cores this process may use (a DataLoader worker runs with one thread). On a GPU the
     model runs elsewhere and decoding bounds the pipeline: every core but the one that
     feeds the device.
     """

@@ -110,6 +110,7 @@ def open_cache(root: Path, dataset_fp: str, backbone: Backbone, item_ids: list[s
         "dataset_fingerprint": dataset_fp,
         "backbone_fingerprint": backbone.fingerprint,
         "backbone_source": backbone.source,
+        "backbone_runtime": backbone.runtime,  # how the forward ran (provenance only; not in the fingerprint)
         "model_spec": backbone.spec.to_dict(),
         "n": len(item_ids),
         "dim": backbone.embed_dim,
