@@ -16,7 +16,7 @@ from entrypoints.cli import _base_type
 
 LAUNCHER = "entrypoints/launch.sh"  # picks the project's Python: $VIRTUAL_ENV, else .venv, else python
 ENTRY_POINTS = ("pipeline", "prepare", "baseline", "audit", "analyze_audit", "groups", "mine", "pairs", "train",
-                "ablation", "validate", "evaluate", "scoreboard")
+                "ablation", "validate", "evaluate", "scoreboard", "benchmark")
 HEADER = """\
 name: protocol
 

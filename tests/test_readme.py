@@ -29,6 +29,9 @@ EXPENSIVE = {
                                                        "(tests/e2e/test_readme_servers.py)",
     "curl": "talks to that server (tests/e2e/test_readme_servers.py sends it to both serve lines)",
     ".venv/bin/python benchmarks/": "benchmarks take minutes and want a quiet machine",
+    ".venv/bin/mlflow run . -e benchmark": "needs Marqo's datasets, from the hub or saved to a folder "
+                                           "(tests/benchmark/test_stage.py runs it on tiny local data)",
+    '.venv/bin/python -c "import datasets': "downloads Marqo's datasets from the Hugging Face hub",
     "make server": "starts PostgreSQL and a tracking server that stay up (tests/e2e/test_readme_servers.py runs "
                    "make server, server-status and server-stop as written; tests/e2e/test_server.py runs pipelines "
                    "on the server)",
