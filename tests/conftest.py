@@ -24,6 +24,18 @@ def migrated_store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def new_store(migrated_store):
+    """new_store(db) -> sqlite URI: an empty migrated store at `db`, a copy of the session's template.
+
+    The same schema a first open would create, without the migration (about a second each)."""
+    def make(db: Path) -> str:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(migrated_store, db)
+        return f"sqlite:///{db}"
+    return make
+
+
+@pytest.fixture
 def tracking_uri(tmp_path, monkeypatch, migrated_store) -> str:
     """A fresh tracking store in tmp_path, set as MLFLOW_TRACKING_URI for this test and its subprocesses."""
     import mlflow

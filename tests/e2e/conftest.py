@@ -1,4 +1,10 @@
-"""One real `mlflow run . -e pipeline` on tiny data per session; end-to-end tests read its store."""
+"""One real `mlflow run . -e pipeline` on tiny data per session; end-to-end tests read its store.
+
+That one run proves the MLproject wiring (parameters, launch.sh, the run `mlflow run` opens).
+A test whose behaviour is a stage's, not a process's, runs the entry point's main() in this
+process instead (`run_in_process`), on a real sqlite store: the same parsing and the same
+stage, without a process start (the mlflow CLI, then torch and the project imported again).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,12 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
+import mlflow
 import pytest
 
+from entrypoints.cli import main
 from protocol.tracking.artifact_cache import CACHE_ENV
 from protocol.tracking.store import artifact_root, prepare_store
 
@@ -45,6 +54,22 @@ def mlflow_run(entry: str, params: dict[str, str], env: dict, cwd: Path = ROOT) 
         raise AssertionError(f"mlflow run -e {entry} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-8000:]}")
     return proc
+
+
+def run_in_process(config_cls: type, run: Callable[[Any], Any], params: dict[str, str], env: dict,
+                   monkeypatch: pytest.MonkeyPatch) -> Any:
+    """What `mlflow run . -e <entry> -P k=v ...` runs, in this process: main(config_cls, run) with the same
+    values, on the store and input cache of `env` (see pipeline_env). monkeypatch restores the environment."""
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # no run of `mlflow run` to resume: the stage opens one
+        monkeypatch.delenv(var, raising=False)
+    for var in ("MLFLOW_TRACKING_URI", CACHE_ENV):
+        monkeypatch.setenv(var, env[var])
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        return main(config_cls, run, [x for k, v in params.items() for x in (f"--{k}", str(v))])
+    finally:
+        while mlflow.active_run() is not None:  # a failed stage leaves no run open for the next test
+            mlflow.end_run("FAILED")
 
 
 def pipeline_env(uri: str, cache_dir: Path | None = None) -> dict:

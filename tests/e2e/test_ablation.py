@@ -1,4 +1,8 @@
-"""The ablation step of a real pipeline (`-P ablation=true`) on the session pipeline's tiny outputs."""
+"""The ablation step of a real pipeline (`-P ablation=true`) on the session pipeline's tiny outputs.
+
+The pipeline entry point runs in this process (run_in_process): the session's `mlflow run` has
+proved the MLproject wiring, and `ablation=true` is a parameter like any other there.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,9 @@ from entrypoints.cli import parse_config
 from protocol.scoreboard import load_targets
 from protocol.tracking.runs import EXPERIMENT_NAME
 from protocol.tracking.stages.ablation import AblationConfig
+from protocol.tracking.stages.pipeline import PipelineConfig, run_pipeline
 from protocol.training.ablation import SWITCHES, VARIANTS
-from tests.e2e.conftest import TINY_PIPELINE_PARAMS, copy_store, mlflow_run, pipeline_env
+from tests.e2e.conftest import TINY_PIPELINE_PARAMS, copy_store, pipeline_env, run_in_process
 
 pytestmark = pytest.mark.e2e
 VARIANTS_RUN = ("plain", "+hard_negatives", "full")  # a switched part, its absence, and everything: the suite's budget
@@ -23,14 +28,16 @@ SEEDS = ("0",)  # one seed keeps the step short (the default is 0,1,2; tests/tra
 
 
 def test_the_pipeline_ablation_step_trains_every_variant_and_seed_as_child_runs_and_writes_the_contract(
-        pipeline_store, tmp_path, monkeypatch):
+        pipeline_store, tmp_path, monkeypatch, capsys):
     # a private copy of the store: every step above is reused, only the ablation runs
     uri = copy_store(Path(pipeline_store.uri[len("sqlite:///"):]), tmp_path / "store")
     params = TINY_PIPELINE_PARAMS | {"work_dir": str(pipeline_store.work_dir), "ablation": "true",
                                      "ablation_seeds": ",".join(SEEDS), "ablation_variants": ",".join(VARIANTS_RUN)}
-    run = mlflow_run("pipeline", params, pipeline_env(uri))
-    assert "steps run: ['ablation']" in run.stdout
-    assert "| full − plain |" in run.stdout  # the table, printed
+    capsys.readouterr()
+    run_in_process(PipelineConfig, run_pipeline, params, pipeline_env(uri), monkeypatch)
+    printed = capsys.readouterr().out
+    assert "steps run: ['ablation']" in printed
+    assert "| full − plain |" in printed  # the table, printed
 
     doc = json.loads((pipeline_store.work_dir / "ablation" / "ablation.json").read_text())
     metrics = [t.metric for t in load_targets().targets]

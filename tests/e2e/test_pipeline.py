@@ -1,4 +1,8 @@
-"""The real thing: `mlflow run . -e pipeline` on tiny data, then the step cache, the registry and promotion."""
+"""The real thing: `mlflow run . -e pipeline` on tiny data, then the step cache, the registry and promotion.
+
+The session's pipeline is a real `mlflow run`; the runs these tests add to a copy of its store
+are the entry points' main() in this process (tests/e2e/conftest.py, run_in_process).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from protocol.tracking import registry
 from protocol.tracking.runs import EXPERIMENT_NAME
-from tests.e2e.conftest import TINY_PIPELINE_PARAMS, copy_store, mlflow_run, pipeline_env
+from protocol.tracking.stages.pipeline import PipelineConfig, run_pipeline
+from protocol.tracking.stages.scoreboard import ScoreboardConfig, run_scoreboard
+from tests.e2e.conftest import TINY_PIPELINE_PARAMS, copy_store, pipeline_env, run_in_process
 
 pytestmark = pytest.mark.e2e
 STAGES = ["prepare", "baseline", "audit", "groups", "mine", "pairs", "train", "evaluate", "scoreboard"]
@@ -111,24 +117,27 @@ def private_store(pipeline_store, tmp_path) -> str:
     return copy_store(Path(pipeline_store.uri[len("sqlite:///"):]), tmp_path / "store")
 
 
-def test_unchanged_pipeline_reuses_every_step_and_a_change_reruns_what_is_below(pipeline_store, tmp_path):
+def test_unchanged_pipeline_reuses_every_step_and_a_change_reruns_what_is_below(pipeline_store, tmp_path, capsys,
+                                                                               monkeypatch):
     uri = private_store(pipeline_store, tmp_path)
     params = TINY_PIPELINE_PARAMS | {"work_dir": str(pipeline_store.work_dir)}
-    again = mlflow_run("pipeline", params, pipeline_env(uri))
+    capsys.readouterr()
+    run_in_process(PipelineConfig, run_pipeline, params, pipeline_env(uri), monkeypatch)
     assert "reused: ['prepare', 'baseline', 'audit', 'groups', 'mine', 'pairs', 'train', 'evaluate', 'scoreboard']" \
-        in again.stdout
+        in capsys.readouterr().out
     runs = runs_by_stage(uri)
     assert len(runs["pipeline"]) == 2 and all(len(runs[s]) == 1 for s in STAGES)
 
-    changed = mlflow_run("pipeline", params | {"epochs": "2"}, pipeline_env(uri))
-    assert "steps run: ['train', 'evaluate', 'scoreboard']" in changed.stdout
+    run_in_process(PipelineConfig, run_pipeline, params | {"epochs": "2"}, pipeline_env(uri), monkeypatch)
+    assert "steps run: ['train', 'evaluate', 'scoreboard']" in capsys.readouterr().out
     runs = runs_by_stage(uri)
     assert [len(runs[s]) for s in STAGES] == [1, 1, 1, 1, 1, 1, 2, 2, 2]
     use_store(uri)
     assert registry.version_by_alias("candidate").run_id == runs["train"][1].info.run_id
 
 
-def test_scoreboard_under_a_lenient_unlocked_targets_file_never_promotes(pipeline_store, tmp_path):
+def test_scoreboard_under_a_lenient_unlocked_targets_file_never_promotes(pipeline_store, tmp_path, capsys,
+                                                                        monkeypatch):
     uri = private_store(pipeline_store, tmp_path)
     env = pipeline_env(uri)
     use_store(uri)
@@ -146,9 +155,11 @@ def test_scoreboard_under_a_lenient_unlocked_targets_file_never_promotes(pipelin
     targets = tmp_path / "lenient.yaml"
     targets.write_text(yaml.safe_dump(lenient))
     out = tmp_path / "board"
-    run = mlflow_run("scoreboard", {"targets": str(targets), "output_dir": str(out)}, env)
-    assert "VERDICT: PASSED" in run.stdout and "UNLOCKED" in run.stdout
-    assert f"champion unchanged (the targets file {targets} is not the locked scoreboard.yaml" in run.stdout
+    capsys.readouterr()
+    run_in_process(ScoreboardConfig, run_scoreboard, {"targets": str(targets), "output_dir": str(out)}, env, monkeypatch)
+    printed = capsys.readouterr().out
+    assert "VERDICT: PASSED" in printed and "UNLOCKED" in printed
+    assert f"champion unchanged (the targets file {targets} is not the locked scoreboard.yaml" in printed
     assert registry.aliases().get("champion") == before
     tags = MlflowClient().get_model_version(candidate.name, candidate.version).tags
     assert tags["scoreboard.locked"] == "false" and tags["scoreboard.promoted"] == "false"

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from protocol.tracking import registry
-from protocol.tracking.artifact_cache import resolve_input
+from protocol.tracking.artifact_cache import CACHE_ENV, resolve_input
 from protocol.tracking.pyfunc import logged_model_id
 from protocol.tracking.runs import REGISTERED_MODEL
 from tests.e2e.conftest import ROOT, copy_store, pipeline_env
@@ -243,11 +243,23 @@ def test_links_open_the_items_row_and_the_models_run_and_version(page, app, stor
     assert get(f"{app}/images/champion/..%2F..%2Fetc%2Fpasswd")[0] == 404  # ids only, never a path
 
 
-def test_the_page_refuses_to_start_on_a_missing_version(store):
+def test_the_page_refuses_to_start_on_a_missing_version(store, monkeypatch, capsys):
+    """`python -m protocol.search_app` exits with main()'s status (sys.exit(main())): main() here, in this process."""
+    import uvicorn
+
+    from protocol.search_app.__main__ import main
+
     env, _ = store
-    proc = search_app(env, free_port(), "--version", "@nosuch")
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 1 and "has no alias @nosuch" in out, out
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    monkeypatch.setenv(CACHE_ENV, env[CACHE_ENV])
+
+    def serve(*args, **kwargs):  # if main() did not refuse, it would serve here until stopped: fail instead
+        raise AssertionError("the page started serving on a missing version")
+
+    monkeypatch.setattr(uvicorn, "run", serve)
+    status = main(["--port", str(free_port()), "--version", "@nosuch"])
+    err = capsys.readouterr().err
+    assert status == 1 and "search_app: error:" in err and "has no alias @nosuch" in err, err
 
 
 @pytest.mark.parametrize("spec", ["champion", "/5", "@two words", "models:/another-model@champion"])

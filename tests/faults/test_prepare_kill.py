@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,17 @@ def assert_nothing_torn(out: Path, fingerprint: str) -> None:
                 load_processed(entry)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, migrated_store) -> tuple[Path, str]:
+    """(an output_dir holding one uninterrupted prepare, its fingerprint); each test kills a run over a copy."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "prepared"
+    shutil.copy(migrated_store, out.parent / "mlflow.db")
+    with pytest.MonkeyPatch.context() as env:  # its run goes to a store of its own, not a test's
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{out.parent / 'mlflow.db'}")
+        first = run_prepare(PrepareConfig(**{k: int(v) for k, v in ARGS.items()}, output_dir=str(out)))
+    return out, first["fingerprint"]
+
+
 @pytest.mark.parametrize("point", [
     "call:ground_attributes:5@protocol.data.prepare",  # during grounding
     "call:write_batch:2@protocol.data.prepare",        # during dataset writing (second shard)
@@ -66,11 +78,12 @@ def assert_nothing_torn(out: Path, fingerprint: str) -> None:
     "rename:*/prepared/latest",                        # output in place, before `latest` moves to it
 ])
 def test_killed_prepare_leaves_nothing_torn_and_a_rerun_gives_the_same_dataset(
-        point, tracking_uri, tmp_path):
+        point, uninterrupted, tracking_uri, tmp_path):
     out = tmp_path / "prepared"
-    first = run_prepare(PrepareConfig(**{k: int(v) for k, v in ARGS.items()}, output_dir=str(out)))
-    reference_fingerprint = first["fingerprint"]  # an uninterrupted run
+    shutil.copytree(uninterrupted[0], out, symlinks=True)  # `latest` is a relative link: it moves along
+    reference_fingerprint = uninterrupted[1]  # an uninterrupted run
     latest_before = os.readlink(out / "latest")
+    assert load_processed(out / "latest", verify=True).fingerprint == reference_fingerprint
 
     run_killed(point, "entrypoints.prepare", prepare_args(out), subprocess_env(tracking_uri))
 

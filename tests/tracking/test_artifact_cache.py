@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -49,16 +50,17 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def tracking_server(tmp_path, monkeypatch):
+def tracking_server(tmp_path, monkeypatch, new_store):
     """A real `mlflow server` whose artifacts live behind its HTTP proxy (not a file path for clients)."""
     port = free_port()
     served = tmp_path / "server-artifacts"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    # its own session: the teardown ends the server and its uvicorn worker at once (SIGKILL to the group)
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-         f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(served),
+         new_store(tmp_path / "server.db"), "--artifacts-destination", str(served),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -67,7 +69,7 @@ def tracking_server(tmp_path, monkeypatch):
                 break
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 raise AssertionError(f"mlflow server did not start:\n{proc.stdout.read()[-3000:]}")
             time.sleep(0.5)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
@@ -79,11 +81,9 @@ def tracking_server(tmp_path, monkeypatch):
     finally:
         while mlflow.active_run() is not None:
             mlflow.end_run("FAILED")
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        # nothing of this server is checked after the test: no graceful shutdown to wait for
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
 
 
 def test_later_stages_reuse_one_download_from_a_tracking_server(tracking_server, tiny_prepared, input_cache, tmp_path):

@@ -39,8 +39,8 @@ def test_artifact_root_is_beside_the_store_and_unique_to_it(tmp_path):
     assert artifact_root(tmp_path / "team.db") == tmp_path / "team-mlruns"
 
 
-def test_mlflow_run_on_another_store_keeps_its_artifacts_beside_that_store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'other.db'}"
+def test_mlflow_run_on_another_store_keeps_its_artifacts_beside_that_store(tmp_path, new_store):
+    uri = new_store(tmp_path / "other.db")
     prepare_store(uri)  # what `make setup` / `python -m protocol.tracking.store` do for a new store
     proc = mlflow_run_prepare(uri, tmp_path, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -51,9 +51,10 @@ def test_mlflow_run_on_another_store_keeps_its_artifacts_beside_that_store(tmp_p
     assert not any(p.name == run.info.run_id for p in project_runs.glob("*/*")) if project_runs.exists() else True
 
 
-def test_a_run_whose_artifacts_would_leave_its_store_is_refused(tmp_path):
-    """`mlflow run` on an unprepared store creates the experiment in ./mlruns of its working directory."""
-    uri = f"sqlite:///{tmp_path / 'other.db'}"
+def test_a_run_whose_artifacts_would_leave_its_store_is_refused(tmp_path, new_store):
+    """`mlflow run` on an unprepared store creates the experiment in ./mlruns of its working directory.
+    (Unprepared: migrated, as a copy of the template, but without the project's experiment.)"""
+    uri = new_store(tmp_path / "other.db")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     proc = mlflow_run_prepare(uri, tmp_path, cwd=elsewhere)
@@ -74,12 +75,12 @@ def log_one_run(uri: str, experiment_location: str | None, name: str) -> Path:
     return Path(run.info.artifact_uri.removeprefix("file://")) / "note.txt"
 
 
-def test_cleaning_a_store_deletes_its_own_artifacts_and_never_another_stores(tmp_path):
-    ours = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_cleaning_a_store_deletes_its_own_artifacts_and_never_another_stores(tmp_path, new_store):
+    ours = new_store(tmp_path / "mlflow.db")
     prepare_store(ours)
     our_note = log_one_run(ours, None, "fashion-retrieval")
     # another store whose experiment was created by `mlflow run` in this folder: inside our mlruns/
-    theirs = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    theirs = new_store(tmp_path / "elsewhere" / "mlflow.db")
     prepare_store(theirs, experiment=None)
     their_note = log_one_run(theirs, (tmp_path / "mlruns" / "1").as_uri(), "theirs")
     assert our_note.is_file() and their_note.is_file() and their_note.is_relative_to(tmp_path / "mlruns")
@@ -91,12 +92,12 @@ def test_cleaning_a_store_deletes_its_own_artifacts_and_never_another_stores(tmp
     assert clean_store(ours) == []  # nothing left to clean
 
 
-def test_make_clean_on_a_fresh_clone_keeps_another_stores_artifacts(tmp_path):
+def test_make_clean_on_a_fresh_clone_keeps_another_stores_artifacts(tmp_path, new_store):
     clone = make_fresh_clone(tmp_path / "clone")
-    ours = f"sqlite:///{clone / 'mlflow.db'}"
+    ours = new_store(clone / "mlflow.db")
     prepare_store(ours)
     our_note = log_one_run(ours, None, "fashion-retrieval")
-    theirs = f"sqlite:///{tmp_path / 'team.db'}"
+    theirs = new_store(tmp_path / "team.db")
     prepare_store(theirs, experiment=None)
     their_note = log_one_run(theirs, (clone / "mlruns" / "7").as_uri(), "theirs")
     (clone / "outputs").mkdir()
