@@ -21,7 +21,7 @@ import pandas as pd
 from protocol.io import atomic_path
 from protocol.retrieval.metrics import THIN_BELOW
 from protocol.scoreboard import TABLE_HEADER, Scoreboard, scoreboard_rows, table_caption
-from protocol.scoreboard.format import NUMERIC_COLUMNS, REPORTED_CAPTION, REPORTED_HEADER, reported_rows
+from protocol.scoreboard.format import NUMERIC_COLUMNS, REPORTED_CAPTION, REPORTED_HEADER, REPORTED_NUMERIC, reported_rows
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def _render_html(
         out.append("<ul>" + "".join(f"<li>{_e(line)}</li>" for line in scoreboard.details) + "</ul>")
         if scoreboard.reported:
             out.append(f"<p>{_e(REPORTED_CAPTION)}.</p>")
-            out.append(_html_table(REPORTED_HEADER, reported_rows(scoreboard), numeric=frozenset(range(1, 8))))
+            out.append(_html_table(REPORTED_HEADER, reported_rows(scoreboard), numeric=REPORTED_NUMERIC))
     out.append("<h2>Headline metrics</h2>")
     header, rows = headline_table(metrics, counts)
     out.append(_html_table(header, rows) if rows else "<p>No metrics.</p>")

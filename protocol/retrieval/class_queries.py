@@ -24,7 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from protocol.retrieval.leaderboard_metrics import LEADERBOARD_KS, PRECISION_KIND, leaderboard_columns, metric_name
+from protocol.retrieval.leaderboard_metrics import (
+    LEADERBOARD_KS,
+    PRECISION_KIND,
+    leaderboard_column_names,
+    leaderboard_columns,
+    metric_name,
+)
 from protocol.retrieval.metrics import (
     ATTRIBUTES,
     attribute_column,
@@ -113,7 +119,7 @@ def class_query_metrics(table: pd.DataFrame) -> tuple[dict[str, float], dict[str
     """(metrics, counts): c2i.{A}.{stat} over A's answerable classes and c2i.{A}.{stat}.{v} per class."""
     metrics: dict[str, float] = {}
     counts: dict[str, int] = {}
-    stats = [c for c in table.columns if c in leaderboard_stat_columns()]
+    stats = [c for c in table.columns if c in leaderboard_column_names(PRECISION_KIND)]
     for attribute, group in table.groupby("attribute", sort=True):
         scored = group[group[N_RELEVANT] > 0]
         if scored.empty:
@@ -125,11 +131,6 @@ def class_query_metrics(table: pd.DataFrame) -> tuple[dict[str, float], dict[str
                 metrics[f"{key}.{metric_value_name(value)}"], counts[f"{key}.{metric_value_name(value)}"] = \
                     float(figure), 1
     return metrics, counts
-
-
-def leaderboard_stat_columns() -> tuple[str, ...]:
-    """The figure columns of a class-query table, in Marqo's order."""
-    return (*(f"P@{k}" for k in LEADERBOARD_KS), "MRR", "AvgP")
 
 
 def evaluate_class_queries(queries: ClassQueries, catalog: pd.DataFrame, catalog_vectors: np.ndarray,

@@ -30,6 +30,7 @@ from protocol.retrieval.metrics import (
     by_attribute_table,
     evaluate_retrieval,
     metric_value_name,
+    thin_keys,
 )
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def with_class_queries(result: EvalResult, class_queries: ClassQueries, catalog:
         catalog_vectors = heads.ranking_catalog(catalog_image)
     metrics, counts, table = evaluate_class_queries(class_queries, catalog, catalog_vectors, query_vectors)
     return replace(result, metrics=result.metrics | metrics, counts=result.counts | counts,
-                   thin=result.thin | {key for key, n in counts.items() if n < THIN_BELOW}, class_queries=table)
+                   thin=result.thin | thin_keys(counts), class_queries=table)
 
 
 def image_loader(processed) -> Callable[[str], Image.Image]:

@@ -36,6 +36,14 @@ def recall_fraction_at(relevant: np.ndarray, n_relevant: np.ndarray, k: int) -> 
     return np.divide(found, n_relevant, out=np.zeros(len(found)), where=np.asarray(n_relevant) > 0)
 
 
+def leaderboard_column_names(kind: str, ks: tuple[int, ...] = LEADERBOARD_KS) -> tuple[str, ...]:
+    """The columns of `leaderboard_columns` for one kind, in Marqo's order: the @k figures, MRR, the average."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown leaderboard metric kind {kind!r}; use one of {KINDS}")
+    at, average = ("Recall", "AvgRecall") if kind == RECALL_KIND else ("P", "AvgP")
+    return (*(f"{at}@{k}" for k in ks), "MRR", average)
+
+
 def leaderboard_columns(relevant: np.ndarray, n_relevant: np.ndarray, kind: str,
                         ks: tuple[int, ...] = LEADERBOARD_KS) -> pd.DataFrame:
     """Per-query leaderboard figures, named as Marqo names them; their column means are its row.
@@ -43,17 +51,14 @@ def leaderboard_columns(relevant: np.ndarray, n_relevant: np.ndarray, kind: str,
     `relevant` is [Q, depth] bool over each query's ranked results, as deep as the ranking
     goes (MRR looks that deep); `n_relevant` [Q] counts each query's relevant documents.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown leaderboard metric kind {kind!r}; use one of {KINDS}")
+    names = leaderboard_column_names(kind, ks)
     if relevant.shape[1] < max(ks):
         raise ValueError(f"rankings are {relevant.shape[1]} deep but the leaderboard needs @{max(ks)}")
     if kind == RECALL_KIND:
-        at = {f"Recall@{k}": recall_fraction_at(relevant, n_relevant, k) for k in ks}
-        average = "AvgRecall"
+        at = [recall_fraction_at(relevant, n_relevant, k) for k in ks]
     else:
-        at = {f"P@{k}": precision_at(relevant, k) for k in ks}
-        average = "AvgP"
-    table = pd.DataFrame(at)
-    table["MRR"] = reciprocal_rank(relevant, depth=relevant.shape[1])
-    table[average] = table[list(at)].mean(axis=1)
+        at = [precision_at(relevant, k) for k in ks]
+    table = pd.DataFrame(dict(zip(names, at)))
+    table[names[-2]] = reciprocal_rank(relevant, depth=relevant.shape[1])
+    table[names[-1]] = table[list(names[: len(ks)])].mean(axis=1)
     return table

@@ -242,8 +242,12 @@ def evaluate_retrieval(
         logger.info("%s: %d queries, %s", mode, len(rows),
                     ", ".join(f"{k}={v:.3f}" for k, v in mode_metrics.items() if k.count(".") == 2))
 
-    thin = {key for key, n in counts.items() if n < THIN_BELOW}
-    return EvalResult(metrics, counts, thin, rankings, rows, ks, tables, searches)
+    return EvalResult(metrics, counts, thin_keys(counts), rankings, rows, ks, tables, searches)
+
+
+def thin_keys(counts: dict[str, int]) -> set[str]:
+    """The keys with fewer than THIN_BELOW queries behind them."""
+    return {key for key, n in counts.items() if n < THIN_BELOW}
 
 
 def _check_inputs(meta: pd.DataFrame, first: np.ndarray, second: np.ndarray, what: str) -> None:

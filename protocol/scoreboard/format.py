@@ -8,11 +8,13 @@ from typing import Any
 from protocol.io import atomic_path, write_json
 from protocol.scoreboard.bootstrap import points
 from protocol.scoreboard.compute import Scoreboard, TargetResult
+from protocol.scoreboard.reported import HEADLINE_STAT, REPORTED_STATS
 
 TABLE_HEADER = ("", "target", "metric", "baseline", "candidate", "delta", "95% interval", "threshold", "n",
                 "overall rule", "evidence")
 NUMERIC_COLUMNS = frozenset({3, 4, 5, 6, 7, 8})  # read best right-aligned
-REPORTED_HEADER = ("reported, not locked", "P@1", "P@10", "MRR", "AvgP", "AvgP delta", "95% interval", "classes")
+REPORTED_HEADER = ("reported, not locked", *REPORTED_STATS, f"{HEADLINE_STAT} delta", "95% interval", "classes")
+REPORTED_NUMERIC = frozenset(range(1, len(REPORTED_HEADER)))
 REPORTED_CAPTION = ("Class-name queries (c2i, the public leaderboard's category-to-product task), baseline -> "
                     "candidate in points over the classes both answered; reported only: they never change the "
                     "verdict or promotion")
@@ -77,7 +79,7 @@ def reported_rows(scoreboard: Scoreboard) -> list[tuple[str, ...]]:
     """Display cells of the rows reported but not locked (columns: REPORTED_HEADER)."""
     def pair(r, stat):
         return f"{points(r.baseline[stat]):.2f} -> {points(r.candidate[stat]):.2f}"
-    return [(f"c2i {r.attribute}", pair(r, "P@1"), pair(r, "P@10"), pair(r, "MRR"), pair(r, "AvgP"),
+    return [(f"c2i {r.attribute}", *(pair(r, stat) for stat in REPORTED_STATS),
              f"{r.delta_points:+.2f}", f"[{r.ci_low_points:+.2f}, {r.ci_high_points:+.2f}]", str(r.n))
             for r in scoreboard.reported]
 
@@ -99,7 +101,7 @@ def format_table(scoreboard: Scoreboard) -> str:
              scoreboard.verdict, *scoreboard.details]
     if scoreboard.reported:
         lines += ["", REPORTED_CAPTION,
-                  *_aligned([REPORTED_HEADER, *reported_rows(scoreboard)], frozenset(range(1, 8)))]
+                  *_aligned([REPORTED_HEADER, *reported_rows(scoreboard)], REPORTED_NUMERIC)]
     return "\n".join(lines) + "\n"
 
 

@@ -14,12 +14,13 @@ from typing import Any
 
 import pandas as pd
 
-from protocol.retrieval.class_queries import CLASS_QUERY_MODE, N_RELEVANT, leaderboard_stat_columns
-from protocol.retrieval.leaderboard_metrics import metric_name
+from protocol.retrieval.class_queries import CLASS_QUERY_MODE, N_RELEVANT
+from protocol.retrieval.leaderboard_metrics import PRECISION_KIND, leaderboard_column_names, metric_name
 from protocol.scoreboard.bootstrap import delta_points, paired_bootstrap, points
 from protocol.scoreboard.spec import EvidenceRule
 
-HEADLINE_STAT = "AvgP"  # the leaderboard's summary figure for class-name tasks
+REPORTED_STATS = leaderboard_column_names(PRECISION_KIND)  # P@1, P@10, MRR, AvgP
+HEADLINE_STAT = REPORTED_STATS[-1]  # AvgP: the leaderboard's summary figure for class-name tasks
 PAIR_ON = ["attribute", "value"]
 
 
@@ -52,7 +53,7 @@ def class_query_rows(baseline: pd.DataFrame | None, candidate: pd.DataFrame | No
     """Per attribute, both sides' class-query figures paired on (attribute, value); () when a side has none."""
     if baseline is None or candidate is None:
         return ()
-    stats = list(leaderboard_stat_columns())
+    stats = list(REPORTED_STATS)
     answered = [table.loc[table[N_RELEVANT] > 0, PAIR_ON + stats] for table in (baseline, candidate)]
     paired = answered[0].merge(answered[1], on=PAIR_ON, suffixes=("_b", "_c"))
     rows = []
