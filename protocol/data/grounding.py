@@ -402,6 +402,20 @@ def ground_attributes(
     return {attribute: value for attribute, (value, _) in evidence.items()}
 
 
+def ground_category(text: object, schema: AttributeSchema | None = None) -> str:
+    """The category2 a text names (`unknown` where none): the first category noun, sentence by sentence,
+    before any contamination cue. "Denim Bermuda Shorts. Pairs well with our tees." -> shorts.
+
+    What a query grounds its garment type with: a query carries no category column, only its text.
+    """
+    schema = schema or load_attribute_schema()
+    for sentence in _sentences("", clean_text(text)):
+        match = schema.category_pattern.search(_own_scope(sentence.lower(), schema))
+        if match is not None:
+            return schema.category_by_key[_key(match.group(0))]
+    return UNKNOWN
+
+
 # ---------------------------------------------------------------- report
 
 

@@ -3,9 +3,10 @@
 Each projection head is residual, `normalize(x + f(x))`, with the last layer of `f`
 initialised to zero: an untrained model reproduces the backbone's embeddings (the
 zero-shot baseline) exactly, and training starts from there rather than from noise.
-Attribute heads classify the image embedding (material, pattern, neckline, sleeve) so
-that the retrieval space itself carries those attributes. The t2f fusion weight and the
-softmax temperature are learnable scalars.
+Attribute heads classify the image embedding (material, pattern, neckline, sleeve, and the
+garment type as `category`) so that the retrieval space itself carries them; text-query
+ranking adds their log-probabilities (late fusion). The t2f fusion weight and the softmax
+temperature are learnable scalars.
 
 `ProtocolHeads` works on cached features only (training, validation, catalog building);
 `ProtocolModel` puts the backbone in front of it for serving raw images and texts.
@@ -26,6 +27,7 @@ from torch import nn
 
 from protocol.data.images import load_image
 from protocol.retrieval.attribute_scoring import (
+    CATEGORY,
     AttributeColumns,
     AttributeScores,
     extend_items,
@@ -35,6 +37,8 @@ from protocol.retrieval.attribute_scoring import (
 )
 
 ATTRIBUTE_HEADS = ("material", "pattern", "neckline", "sleeve")
+# Every classifier on the image embedding: the garment type (category2) and the attributes.
+CLASSIFIER_HEADS = (CATEGORY, *ATTRIBUTE_HEADS)
 HEAD_KINDS = ("mlp", "linear", "identity")
 INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: beyond it the softmax saturates and training destabilises
@@ -71,9 +75,9 @@ class HeadsConfig:
             raise ValueError(f"HeadsConfig.attribute_weight must be finite and >= 0, got {self.attribute_weight!r}")
         if not 0 < self.init_fusion < 1:
             raise ValueError(f"HeadsConfig.init_fusion must be in (0, 1) (it is a sigmoid), got {self.init_fusion!r}")
-        unknown = sorted(set(self.attribute_classes) - set(ATTRIBUTE_HEADS))
+        unknown = sorted(set(self.attribute_classes) - set(CLASSIFIER_HEADS))
         if unknown:
-            raise ValueError(f"HeadsConfig.attribute_classes has unknown attributes {unknown}; use {ATTRIBUTE_HEADS}")
+            raise ValueError(f"HeadsConfig.attribute_classes has unknown attributes {unknown}; use {CLASSIFIER_HEADS}")
         for attribute, classes in self.attribute_classes.items():
             if len(classes) < 2 or len(set(classes)) != len(classes):
                 raise ValueError(

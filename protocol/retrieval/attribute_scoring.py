@@ -10,7 +10,10 @@ catalog item x for query q is
 which is one inner product of extended vectors: the query's embedding followed by
 `weight` times its one-hot attribute indicators, the item's embedding followed by its
 log-probabilities. So exact search and faiss rank it unchanged, and a query with no
-grounded attribute (an all-zero indicator row) ranks by the embedding alone. `weight` is
+grounded attribute (an all-zero indicator row) ranks by the embedding alone. The garment type
+is one of the attributes (the category head, grounded by the category the query names):
+without it nothing in the sum rewards being the garment asked for, and a confident material
+term outranks it ("cotton shorts" ranked cotton sweaters first on the embedded default). `weight` is
 fitted on validation (`fit_attribute_weight`); with the heads' softmax temperature t, a
 weight near 1/t makes the score the log of (embedding likelihood x attribute likelihood).
 """
@@ -23,7 +26,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from protocol.data.grounding import ground_attributes
+from protocol.data.grounding import ground_attributes, ground_category
 
 # Candidate weights tried on validation; 0 (the embedding alone) is always among them, so a
 # fitted weight never scores below the embedding on the validation objective.
@@ -33,15 +36,17 @@ ATTRIBUTE_WEIGHT_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 FIT_OBJECTIVE = ("t2i.category.p10", "t2i.material.p10", "t2i.pattern.p10", "t2i.neckline.p10",
                  "t2i.sleeve.p10")
 
+CATEGORY = "category"  # the garment type's head and grounded query value (category2)
 AttributeColumns = tuple[tuple[str, str], ...]  # (attribute, value) per extension column
 
 
 def ground_query_texts(texts: Sequence[str], attributes: Sequence[str]) -> pd.DataFrame:
     """[len(texts)] x attributes: each query text's grounded values (`unknown` where not said).
 
-    The query is all the text there is: no category, no source labels, no other column.
+    The query is all the text there is: no category column, no source labels, no other column.
+    `category` (the garment type, which the category head predicts) is the category the text names.
     """
-    rows = [ground_attributes(str(text), "", "") for text in texts]
+    rows = [ground_attributes(str(text), "", "") | {CATEGORY: ground_category(text)} for text in texts]
     return pd.DataFrame([{a: row[a] for a in attributes} for row in rows], columns=list(attributes))
 
 

@@ -46,6 +46,10 @@ class TrainConfig:
     hidden_dim: int = HeadsConfig.hidden_dim
     dropout: float = HeadsConfig.dropout
     attribute_heads: bool = HeadsConfig.attribute_heads
+    # a head for the garment type (category2) among the attribute heads, so that late fusion weighs being
+    # the garment asked for beside its attributes; off, a confident material term could outrank it
+    # (see docs/ARCHITECTURE.md, "Training defaults")
+    category_head: bool = True
     learn_fusion: bool = HeadsConfig.learn_fusion
     # text -> image ranking adds the attribute heads' log-probabilities of the query's grounded values,
     # weighted by a late-fusion weight fitted on validation each epoch (needs attribute_heads)

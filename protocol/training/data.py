@@ -33,9 +33,9 @@ import torch
 
 from protocol.data.hard_negatives import attribute_codes, category_mask, known_mask, product_codes
 from protocol.data.pair_rules import PAIR_TYPES, POSITIVE_TYPES, group_columns
-from protocol.data.schema import require_columns
+from protocol.data.schema import UNKNOWN, require_columns
 from protocol.model.losses import IGNORE_INDEX
-from protocol.model.protocol_model import ATTRIBUTE_HEADS
+from protocol.model.protocol_model import ATTRIBUTE_HEADS, CATEGORY, CLASSIFIER_HEADS
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class TrainingData:
 
 def build_training_data(features, meta: pd.DataFrame, pairs: pd.DataFrame, hard_negatives: pd.DataFrame | None,
                         groups: pd.DataFrame | None, *, attribute_heads: bool,
-                        min_group_confidence: float) -> TrainingData:
+                        min_group_confidence: float, category_head: bool) -> TrainingData:
     """Check the inputs and preload everything the step loop needs (see the module docstring).
 
     groups: groups.json as a DataFrame[item_id, group_id, confidence]; None: no in-batch
@@ -224,7 +224,8 @@ def build_training_data(features, meta: pd.DataFrame, pairs: pd.DataFrame, hard_
     partners = _typed_pool(PARTNER_TYPES, edges, counts, n)
     negatives = _typed_pool(NEGATIVE_TYPES, edges, counts, n)
     head_labels = attribute_head_labels(meta)
-    classes = attribute_classes(head_labels.iloc[train_rows]) if attribute_heads else {}
+    heads = CLASSIFIER_HEADS if category_head else ATTRIBUTE_HEADS
+    classes = attribute_classes(head_labels.iloc[train_rows], heads) if attribute_heads else {}
     logger.info("training data: %d train anchors, %d train pairs (%s), %d with a partner, %d with a negative",
                 len(train_rows), int(in_train.sum()), ", ".join(f"{t} {c}" for t, c in counts.items()),
                 int(partners.available(train_rows).any(axis=1).sum()),
@@ -282,20 +283,22 @@ def check_features(features, meta: pd.DataFrame) -> None:
 
 
 def attribute_head_labels(meta: pd.DataFrame) -> pd.DataFrame:
-    """Per attribute head, what each item trains on: its grounded value; NONE_CLASS where its category1
-    has no such part (NOT_APPLICABLE) and nothing was grounded; else unknown (ignored)."""
+    """Per classifier head, what each item trains on. Attributes: the grounded value; NONE_CLASS where
+    its category1 has no such part (NOT_APPLICABLE) and nothing was grounded; else unknown (ignored).
+    `category`: category2, unknown where the graphic policy keeps it out of category supervision."""
     labels = meta[list(ATTRIBUTE_HEADS)].astype(str).copy()
     category1 = meta["category1"].astype(str).str.strip().str.lower()
     for attribute, groups in NOT_APPLICABLE.items():
         absent = category1.isin(groups).to_numpy() & ~known_mask(meta[attribute])
         labels.loc[absent, attribute] = NONE_CLASS
+    labels.insert(0, CATEGORY, np.where(category_mask(meta), meta["category2"].astype(str), UNKNOWN))
     return labels
 
 
-def attribute_classes(train_meta: pd.DataFrame) -> dict[str, list[str]]:
-    """Known values of each attribute head on the train split; attributes with < 2 values get no head."""
+def attribute_classes(train_meta: pd.DataFrame, heads: tuple[str, ...] = CLASSIFIER_HEADS) -> dict[str, list[str]]:
+    """Known values of each of these heads on the train split; a head with < 2 values is left out."""
     classes = {}
-    for attribute in ATTRIBUTE_HEADS:
+    for attribute in heads:
         values = sorted(set(train_meta[attribute][known_mask(train_meta[attribute])].astype(str)))
         if len(values) >= 2:
             classes[attribute] = values

@@ -146,6 +146,7 @@ class _Trainer:
             features, meta, pairs, hard_negatives if cfg.hard_negatives else None,
             groups if cfg.use_group_positives else None,
             attribute_heads=cfg.attribute_heads, min_group_confidence=cfg.min_group_confidence,
+            category_head=cfg.category_head,
         )
         self.steps_per_epoch = cfg.steps_per_epoch or max(
             1, math.ceil((self.data.n_train_pairs or len(self.data.train_rows)) / cfg.batch_size)

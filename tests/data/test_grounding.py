@@ -175,3 +175,15 @@ def test_graphic_policy_helpers():
     assert pattern_for_category("graphic", UNKNOWN) == "graphic"
     assert pattern_for_category("graphic", "striped") == "striped"
     assert pattern_for_category("tees", UNKNOWN) == UNKNOWN
+
+
+def test_a_text_grounds_the_first_garment_it_names_before_any_contamination_cue():
+    from protocol.data.grounding import ground_category
+
+    assert ground_category("Essential Rigid Denim Bermuda Shorts. Model is 178 cm tall.") == "shorts"
+    assert ground_category("Graphic tee in cotton") == "graphic"  # the longest name wins
+    assert ground_category("Wool Crew-neck Jumper") == "sweaters"  # a synonym
+    assert ground_category("A soft top. Pairs well with our denim shorts.") == "unknown"  # another item's
+    assert ground_category("A soft tee. Pairs well with our denim shorts.") == "tees"
+    assert ground_category("Leather belt") == "unknown"
+    assert ground_category("") == "unknown"

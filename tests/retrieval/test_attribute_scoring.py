@@ -40,6 +40,34 @@ def test_a_query_text_is_grounded_on_its_own_words_only():
                                         "neckline": ["unknown", "unknown", "v-neck"]}
 
 
+def test_a_query_grounds_the_garment_it_names_for_the_category_head():
+    texts = ["Organic Cotton Bermuda Shorts. Relaxed fit.", "A soft tee. Pairs well with our denim shorts.",
+             "Pairs well with jeans", "a product photo of cardigans"]
+    grounded = ground_query_texts(texts, ["category", "material"])
+    assert grounded["category"].tolist() == ["shorts", "tees", "unknown", "cardigans"]
+    assert grounded["material"].tolist() == ["cotton", "unknown", "unknown", "unknown"]
+
+
+def test_a_category_head_puts_the_named_garment_into_the_fused_score():
+    # "cotton shorts": without the category term a confident cotton sweater outranks the shorts
+    config = HeadsConfig(in_dim=4, out_dim=4, head="linear", attribute_weight=1.0, attribute_classes={
+        "category": ["shorts", "sweaters"], "material": ["cotton", "denim"]})
+    heads = ProtocolHeads(config).eval()
+    columns = heads.attribute_columns()
+    assert columns == (("category", "shorts"), ("category", "sweaters"), ("material", "cotton"),
+                       ("material", "denim"))
+    assert heads.query_indicators(["Cotton Bermuda Shorts", "denim sweater", "a top"]).tolist() == [
+        [1, 0, 1, 0], [0, 1, 0, 1], [0, 0, 0, 0]]
+    query = np.array([[1.0, 0.0]], dtype=np.float32)
+    items = np.array([[0.6, 0.8], [0.5, 0.86]], dtype=np.float32)  # shorts, sweater: the embedding prefers the shorts
+    log_probs = np.log(np.array([[0.9, 0.1, 0.5, 0.5], [0.1, 0.9, 0.99, 0.01]], dtype=np.float32))
+    wants = heads.query_indicators(["Cotton Bermuda Shorts"])
+    material_only = extend_queries(query, wants * [0, 0, 1, 0], 1.0) @ extend_items(items, log_probs).T
+    with_category = extend_queries(query, wants, 1.0) @ extend_items(items, log_probs).T
+    assert material_only[0, 1] > material_only[0, 0]  # the sweater first: it is more surely cotton
+    assert with_category[0, 0] > with_category[0, 1]  # the shorts first: they are shorts
+
+
 def heads_with_attributes(weight: float) -> ProtocolHeads:
     config = HeadsConfig(in_dim=4, out_dim=4, head="linear", attribute_classes={
         "material": ["denim", "leather"], "neckline": ["crew", "v-neck"]}, attribute_weight=weight)

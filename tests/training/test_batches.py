@@ -25,7 +25,7 @@ BATCH, STEPS = 32, 40
 
 def training_data(s, pairs=None, **kwargs):
     return build_training_data(s.features, s.meta, s.pairs if pairs is None else pairs, s.hard_negatives, s.groups,
-                               attribute_heads=True, min_group_confidence=0.5, **kwargs)
+                               attribute_heads=True, min_group_confidence=0.5, category_head=True, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -330,9 +330,22 @@ def test_trousers_learn_none_for_the_neckline_head_they_have_no_neckline_for():
     from protocol.training.data import NONE_CLASS, attribute_head_labels
 
     meta = pd.DataFrame({"category1": ["bottoms", "tops", "bottoms", "Bottoms"], "material": "denim",
+                         "category2": ["shorts", "tees", "skirts", "trousers"],
                          "pattern": "unknown", "neckline": ["unknown", "unknown", "crew", "unknown"],
                          "sleeve": "unknown"})
     labels = attribute_head_labels(meta)
     assert labels["neckline"].tolist() == [NONE_CLASS, "unknown", "crew", NONE_CLASS]  # a said value stands
     assert labels["sleeve"].tolist() == [NONE_CLASS, "unknown", NONE_CLASS, NONE_CLASS]
     assert labels["material"].tolist() == ["denim"] * 4  # every garment has a material
+
+
+def test_the_category_head_learns_category2_but_not_where_the_graphic_policy_keeps_it_out():
+    from protocol.training.data import attribute_classes, attribute_head_labels
+
+    meta = pd.DataFrame({"category1": "tops", "category2": ["tees", "graphic", "unknown", "shirts"],
+                         "material": "cotton", "pattern": "solid", "neckline": "crew", "sleeve": "short"})
+    labels = attribute_head_labels(meta)
+    assert labels["category"].tolist() == ["tees", "unknown", "unknown", "shirts"]
+    assert attribute_classes(labels)["category"] == ["shirts", "tees"]
+    assert "category" not in attribute_classes(labels, ("material", "neckline"))
+    assert "category" not in attribute_classes(labels.assign(category=["tees", "unknown", "unknown", "tees"]))

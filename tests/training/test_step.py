@@ -17,7 +17,7 @@ from protocol.training.synthetic import synthetic_training_set
 def data():
     s = synthetic_training_set(n_products=120, dim=16, n_pairs=2000, seed=4)
     return build_training_data(s.features, s.meta, s.pairs, s.hard_negatives, s.groups, attribute_heads=True,
-                               min_group_confidence=0.5)
+                               min_group_confidence=0.5, category_head=True)
 
 
 def feature_gradient(data, image_gradients: bool, bank: bool) -> tuple[np.ndarray, np.ndarray]:

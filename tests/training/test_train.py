@@ -70,7 +70,7 @@ def test_training_writes_config_log_and_checkpoints(full_run):
     result, out, _ = full_run
     config = read_json(out / "config.json")
     assert config["train"] == CFG.to_dict()
-    assert config["heads"]["attribute_classes"].keys() == {"material", "pattern", "neckline", "sleeve"}
+    assert config["heads"]["attribute_classes"].keys() == {"category", "material", "pattern", "neckline", "sleeve"}
     assert config["n_trainable_parameters"] == result.heads.n_trainable_parameters()
     records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2, 3]
