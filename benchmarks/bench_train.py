@@ -2,8 +2,8 @@
 
 Measured in one run, on the same machine state:
   - pairs/s of `protocol.training.train` (the step loop, validation excluded) with the
-    default config, with fresh extra-column embeddings (bank_refresh_steps=0), and with
-    1 vs 2 torch threads;
+    default config, with fresh extra-column embeddings (bank_refresh_steps=0), with
+    1 vs 2 torch threads, and with the heads' linear layers by F.linear instead of oneDNN;
   - one validation on the mini catalog;
   - a bare heads step: forward + backward + AdamW of heads of the default size on one batch
     with a minimal loss, no loop around it: the compute a step cannot avoid;
@@ -35,6 +35,7 @@ from dataclasses import replace
 
 import torch
 
+from protocol.model import onednn
 from protocol.training.config import TrainConfig
 from protocol.training.synthetic import synthetic_training_set
 from protocol.training.train import train
@@ -176,6 +177,8 @@ def main() -> None:
     results = {}
     for threads in args.threads:  # thread count: cost of OpenMP on a shared CPU vs gain on an idle one
         results[f"default, {threads} thread(s)"] = loop_pairs_per_s(replace(base, num_threads=threads), data)
+    with onednn.eager_linear():  # the heads' linear layers by F.linear (MKL) instead of oneDNN
+        results[f"default, F.linear (no oneDNN), {args.threads[0]} thread(s)"] = loop_pairs_per_s(base, data)
     results[f"fresh extras (bank_refresh_steps=0), {args.threads[0]} thread(s)"] = loop_pairs_per_s(
         replace(base, bank_refresh_steps=0), data)
     results[f"plain InfoNCE ablation, {args.threads[0]} thread(s)"] = loop_pairs_per_s(
@@ -197,7 +200,7 @@ def main() -> None:
                   if device.type != "cpu" else bare_s)
 
     backbone_s = backbone_step_seconds(args.backbone_repeats, device)
-    defaults = {k: v for k, v in results.items() if k.startswith("default,")}  # the shipped config, batch 64
+    defaults = {k: v for k, v in results.items() if k.startswith("default,") and "F.linear" not in k}  # shipped
     best_name = max(defaults, key=defaults.get)
     best = defaults[best_name]
     heads_step_s = BATCH / best
@@ -213,6 +216,9 @@ def main() -> None:
     if device.type != "cpu":
         print(f"bare heads step on {device}: {bare_s * 1e3:.2f} ms/step ({BATCH / bare_s:,.0f} pairs/s), "
               f"{bare_cpu_s / bare_s:.1f}x the CPU's")
+    eager = results[f"default, F.linear (no oneDNN), {args.threads[0]} thread(s)"]
+    print(f"heads' linear layers through oneDNN vs F.linear, {args.threads[0]} thread(s): "
+          f"{results[f'default, {args.threads[0]} thread(s)'] / eager:.2f}x the pairs/s")
     print(f"validation on the mini catalog: {validation_s:.2f} s")
     where = device if device.type != "cpu" else f"cpu, {torch.get_num_threads()} thread(s)"
     print(f"backbone step (ViT-B-32 fwd, 64 images + 64 texts, {where}): "

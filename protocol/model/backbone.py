@@ -61,6 +61,8 @@ from open_clip.transformer import ResidualAttentionBlock, text_global_pool
 from PIL import Image
 
 from protocol.io import atomic_path
+from protocol.model import onednn
+from protocol.model.onednn import onednn_linear
 from protocol.provenance import FingerprintMismatchError, check_fingerprint  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
@@ -183,28 +185,21 @@ class OneDnnResidualAttentionBlock(ResidualAttentionBlock):
             return super().forward(q_x, k_x, v_x, attn_mask)
         n, length, width = q_x.shape
         heads = self.attn.num_heads
-        qkv = _onednn_linear(self.ln_1(q_x), self.attn.in_proj_weight, self.attn.in_proj_bias)
+        qkv = onednn_linear(self.ln_1(q_x), self.attn.in_proj_weight, self.attn.in_proj_bias)
         q, k, v = qkv.view(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
         if attn_mask is not None:
             attn_mask = attn_mask.to(q_x.dtype)  # as open_clip's block does: added to the scores
             if attn_mask.dim() == 3:  # nn.MultiheadAttention's (n * heads, L, S) layout
                 attn_mask = attn_mask.view(n, heads, length, -1)
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2)
-        x = q_x + self.ls_1(_onednn_linear(attended.reshape(n, length, width), self.attn.out_proj.weight,
+        x = q_x + self.ls_1(onednn_linear(attended.reshape(n, length, width), self.attn.out_proj.weight,
                                            self.attn.out_proj.bias))
         hidden, fc, act = self.ln_2(x), self.mlp.c_fc, self.mlp.gelu
         if type(act) is torch.nn.GELU:  # fused into the GEMM's epilogue: one pass less over the widest tensor
-            hidden = _onednn_linear(hidden, fc.weight, fc.bias, "gelu", act.approximate)
+            hidden = onednn_linear(hidden, fc.weight, fc.bias, "gelu", act.approximate)
         else:
-            hidden = act(_onednn_linear(hidden, fc.weight, fc.bias))
-        return x + self.ls_2(_onednn_linear(hidden, self.mlp.c_proj.weight, self.mlp.c_proj.bias))
-
-
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   post_op: str = "none", algorithm: str = "") -> torch.Tensor:
-    """`F.linear(x, weight, bias)` (then `post_op`) by oneDNN, on the plain weight (reordered per call:
-    packing every weight once measured no faster on images and would double the model's memory)."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], algorithm)
+            hidden = act(onednn_linear(hidden, fc.weight, fc.bias))
+        return x + self.ls_2(onednn_linear(hidden, self.mlp.c_proj.weight, self.mlp.c_proj.bias))
 
 
 def _onednn_block(block: torch.nn.Module) -> bool:
@@ -223,7 +218,7 @@ def onednn_unavailable(model: torch.nn.Module, device: torch.device) -> str | No
     """Why FORWARD_ONEDNN cannot run `model` on `device`, or None when it can."""
     if device.type != "cpu":
         return f"device {device} is not a CPU"
-    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    if not onednn.available():
         return f"this torch {torch.__version__} has no oneDNN linear kernel"
     if not any(_onednn_block(m) for m in model.modules()):
         return "the model has no open_clip ResidualAttentionBlock in fp32 with fused q/k/v"

@@ -34,6 +34,11 @@ def test_each_variant_switches_on_one_part_over_plain_and_is_named_as_a_train_ru
         variant_config(base, "half", 0)
 
 
+def test_variants_train_longest_first_full_before_the_one_part_variants_before_plain():
+    order = ablation.longest_first(["plain", "+hard_negatives", "full", "+attribute_scoring", "+graded_pairs"])
+    assert order == ["full", "+attribute_scoring", "+hard_negatives", "+graded_pairs", "plain"]
+
+
 @pytest.mark.parametrize("text", ["plain,half", "", "full,full"])
 def test_a_bad_variant_list_names_the_valid_variants(text):
     assert parse_variants(" plain, full") == ("plain", "full")

@@ -119,7 +119,8 @@ def run_ablation(cfg: AblationConfig) -> dict:
         inputs = AblationInputs(processed, features, pairs, negatives, groups, eval_cfg, backbone_fp,
                                 spec.mode, tuple(metrics))
         jobs = [Job(variant, seed, ablation.variant_config(base, variant, seed),
-                    out / ablation.variant_slug(variant) / f"seed_{seed}") for variant in variants for seed in seeds]
+                    out / ablation.variant_slug(variant) / f"seed_{seed}")
+                for variant in ablation.longest_first(variants) for seed in seeds]
         workers = worker_count(cfg.workers, len(jobs), available_cores())
         logger.set_tags({"workers": str(workers)})
 
@@ -136,6 +137,7 @@ def run_ablation(cfg: AblationConfig) -> dict:
             log.info("ablation %s seed %d: %s", run.variant, run.seed,
                      ", ".join(f"{m} {100 * v:.2f}" for m, v in run.metrics.items()))
 
+        runs.sort(key=lambda r: (variants.index(r.variant), r.seed))  # the tables in the order asked for
         evidence = spec.evidence
         doc = ablation.summarize_views(runs, metrics, resamples=evidence.resamples, seed=evidence.seed,
                                        confidence=evidence.confidence)
