@@ -19,6 +19,7 @@ from protocol.data.group_audit import MIN_GROUP_CONFIDENCE
 from protocol.model.protocol_model import HeadsConfig
 from protocol.model.sampler import SamplerConfig
 from protocol.training.batches import UNIFORM_RELEVANCE, Relevance
+from protocol.training.validation import CATALOG_SPLITS
 
 OPERATIONAL_FIELDS = frozenset({"checkpoint_every", "log_every", "num_threads"})  # may change on resume
 # May change on resume too, to recover from a divergence; the run then no longer matches an uninterrupted one.
@@ -96,6 +97,10 @@ class TrainConfig:
     dominant_cap: float = SamplerConfig.dominant_cap
     # checkpoints, validation, logging
     checkpoint_every: int = 1  # epochs
+    # the validation catalog (which picks the best epoch and fits the late-fusion weight): "val", the val
+    # items themselves, none trained on; "train", a sample of training items, which rewards recalling
+    # their labels (see protocol.training.validation)
+    val_catalog: str = CATALOG_SPLITS[0]
     val_max_catalog: int = 5000
     val_max_queries: int = 500
     primary_metric: str = "t2i.neckline.p10"
@@ -126,6 +131,8 @@ class TrainConfig:
         _check(self, "min_lr_ratio", lambda v: v <= 1, "<= 1")
         _check(self, "dominant_cap", lambda v: 0 < v <= 1, "in (0, 1]")
         _check(self, "min_group_confidence", lambda v: 0 <= v <= 1, "in [0, 1]")
+        if self.val_catalog not in CATALOG_SPLITS:
+            raise ValueError(f"val_catalog must be one of {CATALOG_SPLITS}, got {self.val_catalog!r}")
         if self.head not in ("mlp", "linear"):
             raise ValueError(f"head must be 'mlp' or 'linear', got {self.head!r}")
         if self.steps_per_epoch is not None:

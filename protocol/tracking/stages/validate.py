@@ -5,15 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from protocol.tracking.runs import resolve_input, stage_run
+from protocol.training.validation import CATALOG_SPLITS
 
 
 @dataclass
 class ValidateConfig:
-    """Validate a checkpoint: val-split queries against a train-split mini catalog, with deltas vs identity heads."""
+    """Validate a checkpoint: val-split queries against a mini catalog (the val split itself, or train items),
+    with deltas vs identity heads."""
 
     checkpoint: str = field(default="outputs/train/latest/checkpoints/best.pt", metadata={"help": "checkpoint path or runs:/ URI"})
     prepared: str = field(default="outputs/prepared/latest", metadata={"help": "processed dataset dir or runs:/ URI"})
     cache_dir: str = field(default="outputs/feature_cache", metadata={"help": "feature cache directory"})
+    catalog_split: str = field(default=CATALOG_SPLITS[0], metadata={
+        "help": "val: the val items, none trained on; train: a sample of the training items", "choices": CATALOG_SPLITS})
     max_catalog: int = 5000
     max_queries: int = 500
     seed: int = 0
@@ -39,7 +43,8 @@ def run_validate(cfg: ValidateConfig) -> dict:
         logger.log_dataset(processed, context="evaluation")
         features = load_features(cfg.cache_dir, processed.fingerprint, backbone_fp)
         heads = ProtocolHeads.from_checkpoint(state)
-        kwargs = dict(max_catalog=cfg.max_catalog, max_queries=cfg.max_queries, seed=cfg.seed)
+        kwargs = dict(max_catalog=cfg.max_catalog, max_queries=cfg.max_queries, seed=cfg.seed,
+                      catalog_split=cfg.catalog_split)
         metrics = validate(heads, features, processed.meta, fusion_weight=heads.fusion_weight, **kwargs)
         reference = validate(ProtocolHeads.identity(heads.config.in_dim), features, processed.meta, **kwargs)
         delta = deltas(metrics, reference)
