@@ -13,6 +13,7 @@ is `F.linear`. The results agree with `F.linear` to float32 rounding, not bit fo
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Iterator
 
 import torch
@@ -22,6 +23,7 @@ from torch import nn
 _ENABLED = True  # switched off by `eager_linear()` (benchmarks compare both in one run)
 
 
+@functools.cache  # asked on every linear call of a training step; the answer is fixed per process
 def available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
