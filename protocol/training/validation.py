@@ -24,7 +24,7 @@ import pandas as pd
 from protocol.data.schema import require_columns
 from protocol.model.protocol_model import ProtocolHeads
 from protocol.retrieval import attribute_scoring
-from protocol.retrieval.metrics import MODES, evaluate_retrieval
+from protocol.retrieval.metrics import MODES, EvalResult, evaluate_retrieval, metric_per_query
 
 QUERY_SPLIT = "val"
 CATALOG_SPLITS = ("val", "train")  # held out (the default), or a sample of the items trained on
@@ -76,7 +76,7 @@ def validate(
     queries, catalog = meta.iloc[query_rows].reset_index(drop=True), meta.iloc[catalog_rows].reset_index(drop=True)
     scores = heads.attribute_scores(queries["text"].astype(str).tolist(), image[:n], image[n:], weight=1.0)
 
-    def evaluate(weight: float, eval_modes) -> dict[str, float]:
+    def evaluate(weight: float, eval_modes) -> EvalResult:
         return evaluate_retrieval(
             queries, text[:n], image[:n], catalog, image[n:], text[n:],
             modes=eval_modes,
@@ -84,13 +84,19 @@ def validate(
             max_queries=max_queries,
             seed=seed,
             attribute_scores=scores.with_weight(weight) if scores is not None and weight > 0 else None,
-        ).metrics
+        )
 
     weight = heads.config.attribute_weight
     if fit_attribute_weight and scores is not None:
-        weight, _ = attribute_scoring.fit_attribute_weight(lambda w: evaluate(w, ("t2i",)))
-    metrics = evaluate(weight, modes)
+        weight, _ = attribute_scoring.fit_attribute_weight(lambda w: objective_per_query(evaluate(w, ("t2i",))))
+    metrics = evaluate(weight, modes).metrics
     return metrics | {ATTRIBUTE_WEIGHT: weight} if scores is not None else metrics
+
+
+def objective_per_query(result: EvalResult) -> dict[str, pd.Series]:
+    """The per-query t2i values of each metric the late-fusion weight is fitted on."""
+    table = result.queries["t2i"]
+    return {metric: metric_per_query(table, metric) for metric in attribute_scoring.FIT_OBJECTIVE}
 
 
 def deltas(metrics: dict[str, float], reference: dict[str, float]) -> dict[str, float]:

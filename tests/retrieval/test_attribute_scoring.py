@@ -14,6 +14,7 @@ from protocol.retrieval.attribute_scoring import (
     fit_attribute_weight,
     ground_query_texts,
     indicators,
+    objective_standard_error,
 )
 from protocol.retrieval.metrics import evaluate_retrieval
 
@@ -126,15 +127,32 @@ def test_evaluation_ranks_text_queries_by_the_fused_score_and_image_queries_by_t
                                                             scores.catalog_log_probs[:2]))
 
 
-def test_the_weight_is_the_grid_value_with_the_best_validation_objective_ties_to_the_smaller():
-    curve = {0.0: 0.30, 0.05: 0.42, 0.1: 0.42, 0.5: 0.20}
-    best, scores = fit_attribute_weight(lambda w: {"t2i.neckline.p10": curve[w], "t2i.category.p10": 0.5},
-                                        grid=tuple(curve))
-    assert best == 0.05 and scores[0.1] == pytest.approx(0.46)
-    flat, _ = fit_attribute_weight(lambda w: {"t2i.neckline.p10": 0.3}, grid=(0.0, 0.1))
+def test_the_weight_is_the_smallest_within_one_standard_error_of_the_best_objective():
+    # neckline per query: 0.1 has mean 0.40; 0.5 has mean 0.45 with SE sqrt(0.03 / 4) = 0.0866
+    noisy = {0.0: [0.1] * 4, 0.1: [0.3, 0.5, 0.3, 0.5], 0.5: [0.3, 0.6, 0.3, 0.6]}
+    weight, scores = fit_attribute_weight(lambda w: {"t2i.neckline.p10": noisy[w]}, grid=tuple(noisy))
+    assert weight == 0.1 and scores == pytest.approx({0.0: 0.1, 0.1: 0.4, 0.5: 0.45})
+    # the same means, but 0.5 wins on every query alike (SE 0): the best weight is kept
+    clear = noisy | {0.5: [0.45] * 4}
+    assert fit_attribute_weight(lambda w: {"t2i.neckline.p10": clear[w]}, grid=tuple(clear))[0] == 0.5
+    # two metrics: SE = sqrt(0.03 / 4 + 0) / 2 = 0.0433 around (0.45 + 0.5) / 2; 0.1 scores 0.45, 0.025 short
+    two = {w: {"t2i.neckline.p10": v, "t2i.category.p10": [0.5] * 4} for w, v in noisy.items()}
+    assert fit_attribute_weight(lambda w: two[w], grid=tuple(two))[0] == 0.1
+    flat, _ = fit_attribute_weight(lambda w: {"t2i.neckline.p10": [0.3, 0.2]}, grid=(0.0, 0.1))
     assert flat == 0.0  # no gain over the embedding alone: no fusion
+
+
+def test_the_weight_fit_refuses_an_objective_without_scored_queries():
     with pytest.raises(ValueError, match="none of the fit objective's metrics"):
-        fit_attribute_weight(lambda w: {"t2f.neckline.p10": 0.3}, grid=(0.0,))
+        fit_attribute_weight(lambda w: {"t2f.neckline.p10": [0.3]}, grid=(0.0,))
+    with pytest.raises(ValueError, match="none of the fit objective's metrics"):
+        fit_attribute_weight(lambda w: {"t2i.neckline.p10": [np.nan]}, grid=(0.0,))
+
+
+def test_the_objective_standard_error_is_that_of_a_mean_of_per_metric_means():
+    assert objective_standard_error([np.array([0.3, 0.6, 0.3, 0.6])]) == pytest.approx(np.sqrt(0.03 / 4))
+    assert objective_standard_error([np.array([0.3, 0.6, 0.3, 0.6]), np.array([1.0])]) == pytest.approx(
+        np.sqrt(0.03 / 4) / 2)
 
 
 def test_a_negative_or_infinite_weight_is_refused():
