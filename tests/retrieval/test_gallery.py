@@ -7,9 +7,8 @@ import pandas as pd
 from matplotlib.colors import to_hex
 from PIL import Image
 
-from protocol.retrieval.gallery import (
-    HIT, MISS, NOT_SCORED, GalleryImage, query_gallery, side_by_side_gallery, weakness_focus, weakness_gallery,
-)
+from protocol.retrieval.gallery import query_gallery, side_by_side_gallery, weakness_focus, weakness_gallery
+from protocol.retrieval.gallery_render import HIT, MISS, NOT_SCORED, GalleryImage
 from protocol.scoreboard import focus_classes
 from protocol.retrieval.metrics import evaluate_retrieval
 

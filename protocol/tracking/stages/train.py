@@ -179,7 +179,8 @@ class EpochGallery:
         self.load_image = functools.lru_cache(maxsize=1024)(image_loader(processed))
 
     def draw(self, heads, epoch: int):
-        from protocol.retrieval.gallery import DEFAULT_ATTRIBUTES, GalleryRow, compose_gallery
+        from protocol.retrieval.gallery import DEFAULT_ATTRIBUTES
+        from protocol.retrieval.gallery_render import GalleryRow, compose_gallery
         from protocol.retrieval.search import topk
 
         if len(self.queries) == 0 or len(self.catalog) == 0:
