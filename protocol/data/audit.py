@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
-from protocol.data.grounding import AttributeSchema, ground_attributes_with_evidence, load_attribute_schema
+from protocol.data.attribute_schema import AttributeSchema, load_attribute_schema
+from protocol.data.grounding import ground_attributes_with_evidence
 from protocol.data.hard_negatives import known_mask
 from protocol.data.schema import ATTRIBUTES, SRC_COLUMNS, UNKNOWN
 from protocol.io import atomic_path

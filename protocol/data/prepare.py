@@ -17,8 +17,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from protocol.data.group_key import derive_group_ids
-from protocol.data.grounding import (CONTROL_CHARACTERS, AttributeSchema, build_text, ground_attributes,
-                                     grounding_report, load_attribute_schema, map_category)
+from protocol.data.attribute_schema import AttributeSchema, load_attribute_schema
+from protocol.data.grounding import CONTROL_CHARACTERS, build_text, ground_attributes, grounding_report, map_category
 from protocol.data.processed import (MANIFEST, REJECTS, ROWS_PER_FILE, SHARD_ROWS, write_processed,
                                      write_rejects)
 from protocol.data.raw import IMAGE_BYTES, ImageSource, InMemoryImages, RawCatalog

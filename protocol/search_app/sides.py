@@ -21,7 +21,8 @@ import datasets
 import pandas as pd
 from PIL import Image
 
-from protocol.data.grounding import ground_attributes, load_attribute_schema, map_category
+from protocol.data.attribute_schema import load_attribute_schema
+from protocol.data.grounding import ground_attributes, map_category
 from protocol.data.processed import load_processed
 from protocol.data.schema import ATTRIBUTES, IMAGE_COLUMN, UNKNOWN
 from protocol.tracking.artifact_cache import resolve_input

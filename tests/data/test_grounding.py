@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from protocol.data.grounding import (DEFAULT_SCHEMA_PATH, AttributeSchemaError, build_text, ground_attributes,
-                                     ground_attributes_with_evidence, grounding_report, load_attribute_schema,
+from protocol.data.attribute_schema import DEFAULT_SCHEMA_PATH, AttributeSchemaError, load_attribute_schema
+from protocol.data.grounding import (build_text, ground_attributes, ground_attributes_with_evidence, grounding_report,
                                      map_category, map_label)
 from protocol.data.prepare import finalize
 from protocol.data.schema import ATTRIBUTES, UNKNOWN

@@ -106,7 +106,7 @@ def test_fingerprint_covers_every_column_a_later_stage_reads(table, column):
 def test_regrounded_data_fingerprints_differently(tmp_path, raw, table):
     import dataclasses
 
-    from protocol.data.grounding import load_attribute_schema
+    from protocol.data.attribute_schema import load_attribute_schema
 
     a = save_processed(table, tmp_path / "a", source="s")
     # the same rows grounded with a schema that knows one synonym less: only attributes change

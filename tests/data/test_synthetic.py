@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from protocol.data import render
-from protocol.data.grounding import load_attribute_schema
+from protocol.data.attribute_schema import load_attribute_schema
 from protocol.data.schema import GT_COLUMNS, RAW_REQUIRED_COLUMNS, validate_raw
 from protocol.data.synthetic import Product, generate_catalog, render_view
 
