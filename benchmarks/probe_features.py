@@ -10,6 +10,13 @@ a 95% Wilson interval. If the image-side probe is no better than the majority cl
 of the heads can make text -> image retrieval rank that attribute (see docs/ARCHITECTURE.md,
 "Training defaults, and the evidence behind them").
 
+A second table asks the same of each value a locked target names (the scoreboard's weak classes
+and rare materials: cardigans, shorts, denim, leather): a class-balanced one-vs-rest linear probe
+on the image features, fitted on the train split, ranks the test split's known rows. Its ROC AUC
+(95% Hanley-McNeil interval) says whether the features separate the value at all; its precision
+at 10 (95% Wilson interval) is what a supervised ranking of that value reaches, the ceiling a
+class query's precision@10 meets with these features.
+
 Data: the train stage's default inputs (or --prepared/--catalog/--cache-dir).
 
     .venv/bin/python benchmarks/probe_features.py [--attributes category2,neckline,...]
@@ -25,6 +32,7 @@ import numpy as np
 
 ATTRIBUTES = ("category2", "material", "pattern", "neckline", "sleeve")
 Z95 = 1.959964
+TOP_K = 10  # the locked targets' cutoff (precision@10)
 
 
 def wilson(correct: int, n: int) -> tuple[float, float]:
@@ -41,6 +49,48 @@ def standardise(x: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     mean, std = x[fit_rows].mean(axis=0), x[fit_rows].std(axis=0) + 1e-6
     return (x - mean) / std
+
+
+def auc_interval(auc: float, n_pos: int, n_neg: int) -> tuple[float, float]:
+    """95% interval of a ROC AUC from Hanley & McNeil's (1982) standard error."""
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (n_pos * n_neg)
+    half = Z95 * math.sqrt(max(var, 0.0))
+    return max(auc - half, 0.0), min(auc + half, 1.0)
+
+
+def one_vs_rest(x: np.ndarray, is_value: np.ndarray, fit: np.ndarray, score: np.ndarray) -> tuple[float, int]:
+    """ROC AUC and hits in the top TOP_K of a class-balanced linear probe for one value, ranked over `score`."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    probe = LogisticRegression(max_iter=2000, C=1.0, class_weight="balanced").fit(x[fit], is_value[fit])
+    scores, truth = probe.decision_function(x[score]), is_value[score]
+    return float(roc_auc_score(truth, scores)), int(truth[np.argsort(-scores, kind="stable")[:TOP_K]].sum())
+
+
+def print_focus_table(image: np.ndarray, meta, train: np.ndarray, test: np.ndarray) -> None:
+    from protocol.retrieval.metrics import attribute_column, known_values
+    from protocol.scoreboard.spec import focus_classes
+
+    print("\nlocked targets' values, image side: one-vs-rest linear probe ranking the known test rows")
+    print(f"{'value':10s} {'attribute':9s} {'pos train':>9s} {'pos test':>8s} {'n test':>6s}  "
+          f"{'ROC AUC [95% CI]':>22s}  {f'precision@{TOP_K} [95% CI]':>26s}")
+    for attribute, values in focus_classes().items():
+        column = meta[attribute_column(attribute)].to_numpy(dtype=object)
+        known = known_values(column, attribute)
+        fit, score = train & known, test & known
+        for value in values:
+            is_value = column == value
+            if not (is_value & fit).any() or not (is_value & score).any():
+                print(f"{value:10s} {attribute:9s} skipped: no {value} row on train or on test")
+                continue
+            auc, hits = one_vs_rest(image, is_value, fit, score)
+            n_pos = int((is_value & score).sum())
+            auc_low, auc_high = auc_interval(auc, n_pos, int(score.sum()) - n_pos)
+            p_low, p_high = wilson(hits, TOP_K)
+            print(f"{value:10s} {attribute:9s} {int((is_value & fit).sum()):9d} {n_pos:8d} {int(score.sum()):6d}  "
+                  f"{auc:.3f} [{auc_low:.3f}, {auc_high:.3f}]      {hits / TOP_K:.2f} [{p_low:.2f}, {p_high:.2f}]")
 
 
 def probes(hidden: int, seed: int) -> dict:
@@ -98,6 +148,7 @@ def main() -> None:
                 cells.append(f"{correct / score.sum():.3f} [{low:.3f}, {high:.3f}]")
             print(f"{attribute:10s} {side:5s} {fit.sum():7d} {score.sum():6d} {majority:8.3f}  "
                   f"{cells[0]:>24s}  {cells[1]:>24s}")
+    print_focus_table(sides["image"], meta, train, test)
 
 
 if __name__ == "__main__":
